@@ -1,0 +1,527 @@
+//! The authorization decision, shared by the gRPC `Check` and the HTTP
+//! forward-auth endpoint: policy lookup, token validation, session state, and
+//! one pure function, [`decide`], that turns them into allow or deny.
+
+pub mod path;
+pub mod policy;
+
+use std::sync::Arc;
+
+use crate::clock::SharedClock;
+use crate::config::{Config, Requirement};
+use crate::error::Error;
+use crate::store::{SessionStore, Verified};
+use crate::token::{Identity, TokenError, Validator};
+
+pub use policy::{Need, Policy, EXT_MAX_AGE, EXT_REQUIRE};
+
+/// The parts of a request the decision reads, borrowed from the transport.
+pub struct CheckInput<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    /// As sent by the client, query included.
+    pub path: &'a str,
+    pub authorization: Option<&'a str>,
+    pub ext_require: Option<&'a str>,
+    pub ext_max_age: Option<&'a str>,
+}
+
+/// What the token looked like.
+pub enum TokenState {
+    NotNeeded,
+    Missing,
+    Invalid(&'static str),
+    Unavailable(&'static str),
+    Valid(Arc<Identity>),
+}
+
+/// What the session store said about the token's session.
+#[derive(Debug, Clone, Copy)]
+pub enum SessionState {
+    NotLooked,
+    NoSession,
+    Unavailable,
+    NotVerified,
+    Verified(Verified),
+}
+
+#[derive(Debug)]
+pub enum Decision {
+    /// `identity` is None for requirement `none`: every identity header is
+    /// then removed and none is set.
+    Allow {
+        identity: Option<Arc<Identity>>,
+        second_factor: Option<Verified>,
+    },
+    Deny(Error),
+}
+
+/// The decision label of `twofa_checks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    MissingToken,
+    InvalidToken,
+    SecondFactorRequired,
+    Unavailable,
+}
+
+impl Decision {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Decision::Allow { .. } => Outcome::Allow,
+            Decision::Deny(Error::MissingToken) => Outcome::MissingToken,
+            Decision::Deny(Error::InvalidToken(_)) => Outcome::InvalidToken,
+            Decision::Deny(Error::SecondFactorRequired { .. }) => Outcome::SecondFactorRequired,
+            Decision::Deny(_) => Outcome::Unavailable,
+        }
+    }
+}
+
+/// The pure decision. Every path that cannot establish an allow ends in a
+/// deny; every "cannot tell" (keys or session store unavailable) is a 503,
+/// never an allow.
+pub fn decide(
+    need: Need,
+    token: TokenState,
+    session: SessionState,
+    now: i64,
+    methods: &[String],
+) -> Decision {
+    if need.require == Requirement::None {
+        return Decision::Allow {
+            identity: None,
+            second_factor: None,
+        };
+    }
+    let identity = match token {
+        TokenState::NotNeeded | TokenState::Missing => return Decision::Deny(Error::MissingToken),
+        TokenState::Invalid(why) => return Decision::Deny(Error::InvalidToken(why)),
+        TokenState::Unavailable(why) => return Decision::Deny(Error::AuthzUnavailable(why)),
+        TokenState::Valid(id) => id,
+    };
+    let verified = match session {
+        SessionState::Verified(v) => Some(v),
+        _ => None,
+    };
+    if need.require == Requirement::Token {
+        return Decision::Allow {
+            identity: Some(identity),
+            second_factor: verified,
+        };
+    }
+    let required = || {
+        Decision::Deny(Error::SecondFactorRequired {
+            methods: methods.to_vec(),
+        })
+    };
+    match session {
+        SessionState::Unavailable => Decision::Deny(Error::AuthzUnavailable("session store")),
+        SessionState::NotLooked | SessionState::NoSession | SessionState::NotVerified => required(),
+        SessionState::Verified(v) => {
+            let fresh = match need.max_age {
+                Some(max) => now.saturating_sub(v.at) <= max.as_secs() as i64,
+                None => true,
+            };
+            if fresh {
+                Decision::Allow {
+                    identity: Some(identity),
+                    second_factor: Some(v),
+                }
+            } else {
+                required()
+            }
+        }
+    }
+}
+
+/// The `Bearer` credentials of an Authorization header (RFC 6750 section
+/// 2.1; the scheme is case-insensitive). `Err` for something that claims to
+/// be a bearer token but cannot be one.
+pub fn bearer(header: Option<&str>) -> Result<Option<&str>, &'static str> {
+    let Some(h) = header else { return Ok(None) };
+    let h = h.trim();
+    let Some((scheme, rest)) = h.split_once(' ') else {
+        return Ok(None);
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = rest.trim();
+    if token.is_empty() {
+        return Ok(None);
+    }
+    if !token.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=' | b'+' | b'/' | b'~')
+    }) {
+        return Err("malformed");
+    }
+    Ok(Some(token))
+}
+
+pub struct Authorizer {
+    policy: Policy,
+    validator: Arc<Validator>,
+    sessions: Arc<dyn SessionStore>,
+    clock: SharedClock,
+    methods: Vec<String>,
+    pub headers: IdentityHeaders,
+    www_missing: String,
+    www_invalid: String,
+}
+
+impl Authorizer {
+    pub fn new(
+        cfg: &Config,
+        validator: Arc<Validator>,
+        sessions: Arc<dyn SessionStore>,
+        clock: SharedClock,
+    ) -> Self {
+        let realm = validator.issuer().replace('"', "");
+        Self {
+            policy: Policy::new(&cfg.policy),
+            www_missing: format!("Bearer realm=\"{realm}\""),
+            www_invalid: format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
+            validator,
+            sessions,
+            clock,
+            methods: cfg.security.methods.clone(),
+            headers: IdentityHeaders::new(&cfg.policy.identity_header_prefix),
+        }
+    }
+
+    pub fn validator(&self) -> &Arc<Validator> {
+        &self.validator
+    }
+
+    pub async fn check(&self, req: &CheckInput<'_>) -> Decision {
+        let need = match self.policy.evaluate(
+            req.method,
+            req.host,
+            req.path,
+            req.ext_require,
+            req.ext_max_age,
+        ) {
+            Ok(n) => n,
+            Err(bad) => {
+                tracing::error!(
+                    extension = bad.0,
+                    "invalid per-route context extension; failing closed"
+                );
+                return Decision::Deny(Error::AuthzUnavailable("invalid route configuration"));
+            }
+        };
+        let now = self.clock.now();
+        if need.require == Requirement::None {
+            return decide(
+                need,
+                TokenState::NotNeeded,
+                SessionState::NotLooked,
+                now,
+                &self.methods,
+            );
+        }
+        let token = match bearer(req.authorization) {
+            Ok(None) => TokenState::Missing,
+            Err(why) => TokenState::Invalid(why),
+            Ok(Some(t)) => match self.validator.validate(t).await {
+                Ok(id) => TokenState::Valid(id),
+                Err(TokenError::Invalid(why)) => TokenState::Invalid(why),
+                Err(TokenError::Unavailable(why)) => TokenState::Unavailable(why),
+            },
+        };
+        let session = match &token {
+            TokenState::Valid(id) => self.session_state(id).await,
+            _ => SessionState::NotLooked,
+        };
+        let session = match (need.require, session) {
+            // A `token` route does not depend on the session store: report
+            // "none" rather than fail when it cannot answer.
+            (Requirement::Token, SessionState::Unavailable) => SessionState::NotVerified,
+            (_, s) => s,
+        };
+        decide(need, token, session, now, &self.methods)
+    }
+
+    async fn session_state(&self, id: &Identity) -> SessionState {
+        let Some(key) = id.session_key.as_deref() else {
+            return SessionState::NoSession;
+        };
+        match self.sessions.get(key).await {
+            Ok(Some(v)) => SessionState::Verified(v),
+            Ok(None) => SessionState::NotVerified,
+            Err(e) => {
+                tracing::warn!(error = %e, "session store unavailable; failing closed");
+                SessionState::Unavailable
+            }
+        }
+    }
+
+    /// `www-authenticate` for a 401 (RFC 6750 section 3).
+    pub fn www_authenticate(&self, err: &Error) -> Option<&str> {
+        match err {
+            Error::MissingToken => Some(&self.www_missing),
+            Error::InvalidToken(_) => Some(&self.www_invalid),
+            _ => None,
+        }
+    }
+}
+
+/// The identity header names for the configured prefix, built once.
+pub struct IdentityHeaders {
+    pub prefix: String,
+    pub user: String,
+    pub subject: String,
+    pub email: String,
+    pub second_factor: String,
+    pub second_factor_at: String,
+    pub groups: String,
+}
+
+impl IdentityHeaders {
+    pub fn new(prefix: &str) -> Self {
+        let p = prefix.to_ascii_lowercase();
+        Self {
+            user: format!("{p}user"),
+            subject: format!("{p}subject"),
+            email: format!("{p}email"),
+            second_factor: format!("{p}second-factor"),
+            second_factor_at: format!("{p}second-factor-at"),
+            groups: format!("{p}groups"),
+            prefix: p,
+        }
+    }
+
+    pub fn has_prefix(&self, name: &str) -> bool {
+        name.len() >= self.prefix.len()
+            && name[..self.prefix.len()].eq_ignore_ascii_case(&self.prefix)
+    }
+
+    /// The headers an allowed request carries upstream. Values a proxy would
+    /// refuse (control characters) are left out rather than sent mangled;
+    /// empty values are left out because Envoy drops them, which would let a
+    /// client-sent value of the same name through.
+    pub fn values<'a>(
+        &'a self,
+        id: &'a Identity,
+        second: Option<Verified>,
+    ) -> impl Iterator<Item = (&'a str, std::borrow::Cow<'a, str>)> + 'a {
+        use std::borrow::Cow;
+        let factor: Cow<'a, str> = Cow::Borrowed(second.map_or("none", |v| v.factor.as_str()));
+        let at = second.map(|v| Cow::Owned(v.at.to_string()));
+        [
+            (
+                self.user.as_str(),
+                id.username.as_deref().map(Cow::Borrowed),
+            ),
+            (self.subject.as_str(), Some(Cow::Borrowed(id.sub.as_str()))),
+            (self.email.as_str(), id.email.as_deref().map(Cow::Borrowed)),
+            (self.second_factor.as_str(), Some(factor)),
+            (self.second_factor_at.as_str(), at),
+            (
+                self.groups.as_str(),
+                Some(Cow::Borrowed(id.groups.as_str())),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.filter(|v| header_safe(v)).map(|v| (k, v)))
+    }
+}
+
+fn header_safe(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 4096 && !v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Factor;
+    use std::time::Duration;
+
+    fn id(sid: Option<&str>) -> Arc<Identity> {
+        Arc::new(Identity {
+            iss: "https://kc/realms/r".into(),
+            sub: "u1".into(),
+            sid: sid.map(String::from),
+            username: Some("alice".into()),
+            email: Some("a@example.com".into()),
+            email_verified: true,
+            given_name: None,
+            family_name: None,
+            groups: "admin,user".into(),
+            exp: 2_000_000_000,
+            iat: None,
+            valid_until: 2_000_000_030,
+            session_key: sid.map(|s| crate::token::session_hash("https://kc/realms/r", "u1", s)),
+        })
+    }
+
+    fn need(r: Requirement, max_age: Option<u64>) -> Need {
+        Need {
+            require: r,
+            max_age: max_age.map(Duration::from_secs),
+        }
+    }
+
+    const NOW: i64 = 1_800_000_000;
+    fn verified(ago: i64) -> SessionState {
+        SessionState::Verified(Verified {
+            factor: Factor::Totp,
+            at: NOW - ago,
+        })
+    }
+    fn m() -> Vec<String> {
+        vec!["totp".into()]
+    }
+
+    #[test]
+    fn table_of_section_3() {
+        let d = decide(
+            need(Requirement::None, None),
+            TokenState::NotNeeded,
+            SessionState::NotLooked,
+            NOW,
+            &m(),
+        );
+        assert!(matches!(d, Decision::Allow { identity: None, .. }));
+
+        let d = decide(
+            need(Requirement::Token, None),
+            TokenState::Missing,
+            SessionState::NotLooked,
+            NOW,
+            &m(),
+        );
+        assert_eq!(d.outcome(), Outcome::MissingToken);
+
+        let d = decide(
+            need(Requirement::TwoFa, None),
+            TokenState::Invalid("x"),
+            SessionState::NotLooked,
+            NOW,
+            &m(),
+        );
+        assert_eq!(d.outcome(), Outcome::InvalidToken);
+
+        let d = decide(
+            need(Requirement::Token, None),
+            TokenState::Valid(id(Some("s"))),
+            SessionState::NotVerified,
+            NOW,
+            &m(),
+        );
+        assert!(matches!(
+            d,
+            Decision::Allow {
+                identity: Some(_),
+                second_factor: None
+            }
+        ));
+
+        let d = decide(
+            need(Requirement::TwoFa, None),
+            TokenState::Valid(id(Some("s"))),
+            SessionState::NotVerified,
+            NOW,
+            &m(),
+        );
+        assert_eq!(d.outcome(), Outcome::SecondFactorRequired);
+
+        let d = decide(
+            need(Requirement::TwoFa, None),
+            TokenState::Valid(id(None)),
+            SessionState::NoSession,
+            NOW,
+            &m(),
+        );
+        assert_eq!(d.outcome(), Outcome::SecondFactorRequired);
+
+        let d = decide(
+            need(Requirement::TwoFa, Some(900)),
+            TokenState::Valid(id(Some("s"))),
+            verified(901),
+            NOW,
+            &m(),
+        );
+        assert_eq!(d.outcome(), Outcome::SecondFactorRequired);
+
+        let d = decide(
+            need(Requirement::TwoFa, Some(900)),
+            TokenState::Valid(id(Some("s"))),
+            verified(900),
+            NOW,
+            &m(),
+        );
+        assert_eq!(d.outcome(), Outcome::Allow);
+
+        let d = decide(
+            need(Requirement::TwoFa, None),
+            TokenState::Valid(id(Some("s"))),
+            verified(40_000),
+            NOW,
+            &m(),
+        );
+        assert_eq!(d.outcome(), Outcome::Allow);
+    }
+
+    #[test]
+    fn cannot_decide_means_503_never_allow() {
+        let d = decide(
+            need(Requirement::TwoFa, None),
+            TokenState::Valid(id(Some("s"))),
+            SessionState::Unavailable,
+            NOW,
+            &m(),
+        );
+        assert!(matches!(d, Decision::Deny(Error::AuthzUnavailable(_))));
+        let d = decide(
+            need(Requirement::Token, None),
+            TokenState::Unavailable("keys"),
+            SessionState::NotLooked,
+            NOW,
+            &m(),
+        );
+        assert!(matches!(d, Decision::Deny(Error::AuthzUnavailable(_))));
+        assert_eq!(d.outcome(), Outcome::Unavailable);
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(None), Ok(None));
+        assert_eq!(bearer(Some("Basic abc")), Ok(None));
+        assert_eq!(bearer(Some("Bearer")), Ok(None));
+        assert_eq!(bearer(Some("Bearer   ")), Ok(None));
+        assert_eq!(bearer(Some("bearer a.b.c")), Ok(Some("a.b.c")));
+        assert_eq!(bearer(Some("BEARER a.b.c")), Ok(Some("a.b.c")));
+        assert_eq!(bearer(Some("Bearer a.b.c, Bearer d.e.f")), Err("malformed"));
+        assert_eq!(bearer(Some("Bearer a\u{7f}b")), Err("malformed"));
+    }
+
+    #[test]
+    fn identity_headers() {
+        let h = IdentityHeaders::new("x-auth-request-");
+        let who = id(Some("s"));
+        let v: Vec<(String, String)> = h
+            .values(
+                &who,
+                Some(Verified {
+                    factor: Factor::Sms,
+                    at: 42,
+                }),
+            )
+            .map(|(k, v)| (k.to_string(), v.into_owned()))
+            .collect();
+        assert!(v.contains(&("x-auth-request-user".into(), "alice".into())));
+        assert!(v.contains(&("x-auth-request-subject".into(), "u1".into())));
+        assert!(v.contains(&("x-auth-request-second-factor".into(), "sms".into())));
+        assert!(v.contains(&("x-auth-request-second-factor-at".into(), "42".into())));
+        assert!(v.contains(&("x-auth-request-groups".into(), "admin,user".into())));
+        let mut evil = (*who).clone();
+        evil.username = Some("bob\r\nx-evil: 1".into());
+        assert!(!h
+            .values(&evil, None)
+            .any(|(k, _)| k == "x-auth-request-user"));
+        assert!(h.has_prefix("X-Auth-Request-Foo"));
+        assert!(!h.has_prefix("x-auth"));
+    }
+}

@@ -1,0 +1,751 @@
+//! Layering (defaults < file < environment), `_file` secrets, and validation.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::Path;
+
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use super::{Config, Requirement, Secret, SecretList, SecretUrl};
+
+/// A configuration problem, always naming the key (exit code 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "configuration key `{}`: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Keys whose value may instead come from `<key>_file`.
+const SECRET_KEYS: &[&str] = &[
+    "keycloak.admin_client_secret",
+    "storage.database_url",
+    "storage.redis_url",
+    "security.encryption_keys",
+    "email.smtp_url",
+    "email.resend_api_key",
+    "sms.twilio_auth_token",
+    "sms.webhook_bearer_token",
+];
+
+/// Secrets files and config files are small; anything bigger is a mistake.
+const MAX_FILE: u64 = 1 << 20;
+
+/// Loads the configuration from an optional TOML file and the given
+/// environment (name, value) pairs.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    dev: bool,
+) -> Result<Config, ConfigError> {
+    let defaults = serde_json::to_value(Config::default())
+        .map_err(|e| ConfigError::new("(defaults)", e.to_string()))?;
+    let mut tree = Value::Object(Map::new());
+    if let Some(path) = file {
+        let text = read_small(path).map_err(|e| ConfigError::new("--config", e))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            ConfigError::new(
+                "--config",
+                format!("{} is not valid TOML: {}", path.display(), e.message()),
+            )
+        })?;
+        tree =
+            serde_json::to_value(table).map_err(|e| ConfigError::new("--config", e.to_string()))?;
+    }
+    apply_env(&mut tree, &defaults, env)?;
+    resolve_secret_files(&mut tree)?;
+    let mut cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::new(
+            if path == "." { "(root)".into() } else { path },
+            e.inner().to_string(),
+        )
+    })?;
+    cfg.dev = dev;
+    if dev {
+        apply_dev(&mut cfg);
+    }
+    validate(&cfg)?;
+    Ok(cfg)
+}
+
+fn read_small(path: &Path) -> Result<String, String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.len() > MAX_FILE {
+        return Err(format!("{} is larger than 1 MiB", path.display()));
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// `TWOFA_KEYCLOAK__URL=...` becomes `keycloak.url`. The value's type follows
+/// the key's default: numbers and booleans are parsed, lists are
+/// comma-separated, and `policy.rules` takes a JSON array.
+fn apply_env(
+    tree: &mut Value,
+    defaults: &Value,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("TWOFA_") else {
+            continue;
+        };
+        let Some((section, key)) = rest.split_once("__") else {
+            continue;
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let dotted = format!("{section}.{key}");
+        let base_key = key.strip_suffix("_file").unwrap_or(&key);
+        let default = defaults.get(&section).and_then(|s| s.get(base_key));
+        let value = if key.ends_with("_file") {
+            Value::String(raw)
+        } else {
+            typed_env_value(&dotted, &name, &raw, default)?
+        };
+        let obj = tree
+            .as_object_mut()
+            .ok_or_else(|| ConfigError::new("--config", "the file must be a TOML table"))?;
+        let sec = obj
+            .entry(section.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        match sec.as_object_mut() {
+            Some(m) => {
+                m.insert(key, value);
+            }
+            None => return Err(ConfigError::new(section, "must be a table")),
+        }
+    }
+    Ok(())
+}
+
+fn typed_env_value(
+    dotted: &str,
+    var: &str,
+    raw: &str,
+    default: Option<&Value>,
+) -> Result<Value, ConfigError> {
+    let bad = |what: &str| ConfigError::new(dotted, format!("{var}=`{raw}` is not {what}"));
+    Ok(match default {
+        Some(Value::Bool(_)) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Value::Bool(true),
+            "false" | "0" | "no" | "off" => Value::Bool(false),
+            _ => return Err(bad("a boolean")),
+        },
+        Some(Value::Number(_)) => Value::Number(
+            raw.trim()
+                .parse::<u64>()
+                .map_err(|_| bad("a whole number"))?
+                .into(),
+        ),
+        Some(Value::Array(_)) if dotted == "policy.rules" => {
+            serde_json::from_str(raw).map_err(|_| bad("a JSON array of rules"))?
+        }
+        Some(Value::Array(_)) => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => Value::String(raw.to_string()),
+    })
+}
+
+/// Replaces every `X_file` of a secret key by the file's content.
+fn resolve_secret_files(tree: &mut Value) -> Result<(), ConfigError> {
+    let Some(root) = tree.as_object_mut() else {
+        return Ok(());
+    };
+    for (section, body) in root.iter_mut() {
+        let Some(map) = body.as_object_mut() else {
+            continue;
+        };
+        let file_keys: Vec<String> = map
+            .keys()
+            .filter(|k| k.ends_with("_file"))
+            .cloned()
+            .collect();
+        for fk in file_keys {
+            let base = fk.trim_end_matches("_file").to_string();
+            let dotted = format!("{section}.{fk}");
+            if !SECRET_KEYS.contains(&format!("{section}.{base}").as_str()) {
+                return Err(ConfigError::new(
+                    dotted,
+                    "only secret keys can be read from a file",
+                ));
+            }
+            let Some(Value::String(path)) = map.remove(&fk) else {
+                return Err(ConfigError::new(dotted, "must be a file path"));
+            };
+            let text = read_small(Path::new(&path)).map_err(|e| ConfigError::new(&dotted, e))?;
+            let value = if base == "encryption_keys" {
+                Value::Array(
+                    text.split([',', '\n'])
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Value::String(s.to_string()))
+                        .collect(),
+                )
+            } else {
+                // Secret mounts usually end with a newline that is not part of the secret.
+                Value::String(text.trim_end_matches(['\r', '\n']).to_string())
+            };
+            map.insert(base, value);
+        }
+    }
+    Ok(())
+}
+
+/// `serve --dev`: everything embedded, nothing leaves the machine.
+fn apply_dev(cfg: &mut Config) {
+    cfg.storage.database_url = SecretUrl::new("sqlite://./twofa-dev.db");
+    cfg.storage.redis_url = SecretUrl::new("memory://");
+    cfg.email.provider = "log".into();
+    cfg.sms.provider = "log".into();
+    // The dev issuer signs with Ed25519 (a key generated at start).
+    cfg.keycloak.algorithms = vec!["EdDSA".into()];
+    cfg.keycloak.audiences.clear();
+    cfg.keycloak.allowed_clients.clear();
+    cfg.keycloak.admin_client_id = None;
+    cfg.keycloak.admin_client_secret = None;
+    if cfg.security.encryption_keys.0.is_empty() {
+        // A fixed, publicly known key: dev data is not protected, but it
+        // survives restarts so a dev enrollment keeps working.
+        cfg.security.encryption_keys = SecretList(vec![Secret::new(
+            "dev:ZGV2LW1vZGUta2V5LW5vdC1zZWNyZXQtMDAwMDAwMDA=",
+        )]);
+    }
+}
+
+pub const ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+pub const METHODS: &[&str] = &["totp", "email", "sms", "recovery"];
+
+fn validate(c: &Config) -> Result<(), ConfigError> {
+    let grpc = c.server.grpc_socket()?;
+    let http = c.server.http_socket()?;
+    if c.dev {
+        for (k, a) in [("server.grpc_addr", grpc), ("server.http_addr", http)] {
+            if !a.ip().is_loopback() {
+                return Err(ConfigError::new(
+                    k,
+                    "serve --dev refuses to bind a non-loopback address",
+                ));
+            }
+        }
+    }
+    for o in &c.server.cors_allowed_origins {
+        if o != "*" && url::Url::parse(o).is_err() {
+            return Err(ConfigError::new(
+                "server.cors_allowed_origins",
+                format!("`{o}` is not an origin like https://app.example.com"),
+            ));
+        }
+    }
+
+    let kc = &c.keycloak;
+    if !c.dev {
+        match kc.effective_issuer() {
+            None => {
+                return Err(ConfigError::new(
+                    "keycloak.url",
+                    "set keycloak.url and keycloak.realm (or keycloak.issuer)",
+                ))
+            }
+            Some(i) => check_http_url("keycloak.issuer", &i)?,
+        }
+        if let Some(u) = &kc.url {
+            check_http_url("keycloak.url", u)?;
+        }
+        if let Some(u) = &kc.jwks_url {
+            check_http_url("keycloak.jwks_url", u)?;
+        }
+    }
+    if kc.algorithms.is_empty() {
+        return Err(ConfigError::new(
+            "keycloak.algorithms",
+            "must list at least one algorithm",
+        ));
+    }
+    for a in &kc.algorithms {
+        if !ALGORITHMS.contains(&a.as_str()) {
+            return Err(ConfigError::new(
+                "keycloak.algorithms",
+                format!(
+                    "`{a}` is not allowed (use {}); HMAC and `none` never are",
+                    ALGORITHMS.join(", ")
+                ),
+            ));
+        }
+    }
+    if kc.leeway.as_secs() > 300 {
+        return Err(ConfigError::new("keycloak.leeway", "at most 5m"));
+    }
+    if kc.jwks_cache_ttl.as_secs() == 0 {
+        return Err(ConfigError::new(
+            "keycloak.jwks_cache_ttl",
+            "must be positive",
+        ));
+    }
+    if kc.admin_client_id.is_some() != kc.admin_client_secret.is_some() {
+        return Err(ConfigError::new(
+            "keycloak.admin_client_secret",
+            "keycloak.admin_client_id and keycloak.admin_client_secret go together",
+        ));
+    }
+
+    let st = &c.storage;
+    let db = st.database_url.expose();
+    if !(db.starts_with("postgres://")
+        || db.starts_with("postgresql://")
+        || db.starts_with("sqlite://"))
+    {
+        return Err(ConfigError::new(
+            "storage.database_url",
+            "must be postgres://… or sqlite://PATH",
+        ));
+    }
+    let r = st.redis_url.expose();
+    if !(r.starts_with("redis://") || r.starts_with("rediss://") || r == "memory://") {
+        return Err(ConfigError::new(
+            "storage.redis_url",
+            "must be redis://…, rediss://… or memory://",
+        ));
+    }
+    if !(1..=1024).contains(&st.pool_size) {
+        return Err(ConfigError::new(
+            "storage.pool_size",
+            "must be between 1 and 1024",
+        ));
+    }
+    if st.key_prefix.len() > 64
+        || st
+            .key_prefix
+            .chars()
+            .any(|ch| ch.is_whitespace() || ch.is_control())
+    {
+        return Err(ConfigError::new(
+            "storage.key_prefix",
+            "at most 64 characters, no spaces",
+        ));
+    }
+
+    let s = &c.security;
+    if s.encryption_keys.0.is_empty() {
+        return Err(ConfigError::new(
+            "security.encryption_keys",
+            "required outside dev mode: a list of KEYID:BASE64_32_BYTES (generate one with `openssl rand -base64 32`)",
+        ));
+    }
+    let mut ids = BTreeSet::new();
+    for k in &s.encryption_keys.0 {
+        let (id, b64) = k.expose().split_once(':').ok_or_else(|| {
+            ConfigError::new(
+                "security.encryption_keys",
+                "each key must be KEYID:BASE64_32_BYTES",
+            )
+        })?;
+        if id.is_empty()
+            || id.len() > 32
+            || !id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
+            return Err(ConfigError::new(
+                "security.encryption_keys",
+                "a key id is 1-32 letters, digits, - or _",
+            ));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|_| {
+                ConfigError::new(
+                    "security.encryption_keys",
+                    format!("key `{id}` is not base64"),
+                )
+            })?;
+        if bytes.len() != 32 {
+            return Err(ConfigError::new(
+                "security.encryption_keys",
+                format!("key `{id}` must decode to 32 bytes"),
+            ));
+        }
+        if !ids.insert(id.to_string()) {
+            return Err(ConfigError::new(
+                "security.encryption_keys",
+                format!("key id `{id}` appears twice"),
+            ));
+        }
+    }
+    if s.methods.is_empty() {
+        return Err(ConfigError::new(
+            "security.methods",
+            "must list at least one method",
+        ));
+    }
+    for m in &s.methods {
+        if !METHODS.contains(&m.as_str()) {
+            return Err(ConfigError::new(
+                "security.methods",
+                format!("`{m}` is not one of {}", METHODS.join(", ")),
+            ));
+        }
+    }
+    range("security.otp_length", s.otp_length, 4, 10)?;
+    range("security.max_attempts", s.max_attempts, 1, 100)?;
+    range(
+        "security.max_consecutive_failures",
+        s.max_consecutive_failures,
+        1,
+        100_000,
+    )?;
+    range("security.recovery_code_count", s.recovery_code_count, 1, 50)?;
+    for (k, d) in [
+        ("security.second_factor_ttl", s.second_factor_ttl),
+        ("security.otp_ttl", s.otp_ttl),
+        ("security.lockout", s.lockout),
+        ("security.pending_totp_ttl", s.pending_totp_ttl),
+    ] {
+        if d.as_secs() == 0 {
+            return Err(ConfigError::new(k, "must be at least 1s"));
+        }
+    }
+
+    let t = &c.totp;
+    if t.digits != 6 && t.digits != 8 {
+        return Err(ConfigError::new("totp.digits", "must be 6 or 8"));
+    }
+    if !(10..=300).contains(&t.period) {
+        return Err(ConfigError::new(
+            "totp.period",
+            "must be between 10 and 300 seconds",
+        ));
+    }
+    if !["SHA1", "SHA256", "SHA512"].contains(&t.algorithm.as_str()) {
+        return Err(ConfigError::new(
+            "totp.algorithm",
+            "must be SHA1, SHA256 or SHA512",
+        ));
+    }
+    if t.skew > 10 {
+        return Err(ConfigError::new("totp.skew", "at most 10 steps"));
+    }
+    if t.issuer.is_empty() || t.issuer.contains(':') || t.issuer.len() > 64 {
+        return Err(ConfigError::new(
+            "totp.issuer",
+            "1-64 characters, without `:`",
+        ));
+    }
+
+    let e = &c.email;
+    match e.provider.as_str() {
+        "log" => {}
+        "smtp" => {
+            need(e.from.is_some(), "email.from")?;
+            let u = e.smtp_url.as_ref().ok_or_else(|| {
+                ConfigError::new("email.smtp_url", "required with email.provider = \"smtp\"")
+            })?;
+            let parsed = url::Url::parse(u.expose())
+                .map_err(|_| ConfigError::new("email.smtp_url", "not a URL"))?;
+            if !["smtp", "smtps"].contains(&parsed.scheme()) {
+                return Err(ConfigError::new(
+                    "email.smtp_url",
+                    "must be smtp://… or smtps://…",
+                ));
+            }
+        }
+        "resend" => {
+            need(e.from.is_some(), "email.from")?;
+            need(e.resend_api_key.is_some(), "email.resend_api_key")?;
+            check_http_url("email.resend_api_url", &e.resend_api_url)?;
+        }
+        other => {
+            return Err(ConfigError::new(
+                "email.provider",
+                format!("`{other}` is not smtp, resend or log"),
+            ))
+        }
+    }
+    let sms = &c.sms;
+    match sms.provider.as_str() {
+        "log" => {}
+        "twilio" => {
+            need(sms.twilio_account_sid.is_some(), "sms.twilio_account_sid")?;
+            need(sms.twilio_auth_token.is_some(), "sms.twilio_auth_token")?;
+            need(sms.twilio_from.is_some(), "sms.twilio_from")?;
+            check_http_url("sms.twilio_api_url", &sms.twilio_api_url)?;
+        }
+        "webhook" => {
+            let u = sms.webhook_url.as_deref().ok_or_else(|| {
+                ConfigError::new(
+                    "sms.webhook_url",
+                    "required with sms.provider = \"webhook\"",
+                )
+            })?;
+            check_http_url("sms.webhook_url", u)?;
+        }
+        other => {
+            return Err(ConfigError::new(
+                "sms.provider",
+                format!("`{other}` is not twilio, webhook or log"),
+            ))
+        }
+    }
+
+    let p = &c.policy;
+    let prefix = &p.identity_header_prefix;
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(ConfigError::new(
+            "policy.identity_header_prefix",
+            "lower-case letters, digits and `-`, at most 64",
+        ));
+    }
+    for (i, r) in p.rules.iter().enumerate() {
+        let key = format!("policy.rules[{i}]");
+        if let Some(pp) = &r.path_prefix {
+            if !pp.starts_with('/') || pp.contains(['?', '#', '%']) {
+                return Err(ConfigError::new(
+                    format!("{key}.path_prefix"),
+                    "must start with `/` and hold no `?`, `#` or `%`",
+                ));
+            }
+        }
+        for m in &r.methods {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(ConfigError::new(
+                    format!("{key}.methods"),
+                    format!("`{m}` is not an HTTP method"),
+                ));
+            }
+        }
+        if r.max_age.is_some() && r.require != Requirement::TwoFa {
+            return Err(ConfigError::new(
+                format!("{key}.max_age"),
+                "only makes sense with require = \"2fa\"",
+            ));
+        }
+    }
+
+    if !["text", "json"].contains(&c.log.format.as_str()) {
+        return Err(ConfigError::new(
+            "log.format",
+            "must be \"text\" or \"json\"",
+        ));
+    }
+    if tracing_subscriber::EnvFilter::try_new(&c.log.level).is_err() {
+        return Err(ConfigError::new(
+            "log.level",
+            "not a level or tracing filter (e.g. info, debug, twofa_authz=debug)",
+        ));
+    }
+    Ok(())
+}
+
+fn need(ok: bool, key: &str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(key, "required by the chosen provider"))
+    }
+}
+
+fn range(key: &str, v: u32, lo: u32, hi: u32) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("must be between {lo} and {hi}"),
+        ))
+    }
+}
+
+fn check_http_url(key: &str, u: &str) -> Result<(), ConfigError> {
+    match url::Url::parse(u) {
+        Ok(p) if (p.scheme() == "http" || p.scheme() == "https") && p.host().is_some() => Ok(()),
+        _ => Err(ConfigError::new(
+            key,
+            format!("`{u}` is not an http(s) URL"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const KEY: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn base_env() -> Vec<(String, String)> {
+        vec![
+            (
+                "TWOFA_KEYCLOAK__URL".into(),
+                "https://sso.example.com".into(),
+            ),
+            ("TWOFA_KEYCLOAK__REALM".into(), "demo".into()),
+            ("TWOFA_SECURITY__ENCRYPTION_KEYS".into(), KEY.into()),
+        ]
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = load(None, base_env(), false).unwrap();
+        assert_eq!(c.server.grpc_addr, "127.0.0.1:9191");
+        assert_eq!(c.server.http_addr, "127.0.0.1:8090");
+        assert_eq!(
+            c.keycloak.effective_issuer().unwrap(),
+            "https://sso.example.com/realms/demo"
+        );
+        assert_eq!(c.keycloak.algorithms, vec!["RS256"]);
+        assert_eq!(c.keycloak.leeway.as_secs(), 30);
+        assert_eq!(c.storage.database_url.expose(), "sqlite://twofa.db");
+        assert_eq!(c.storage.redis_url.expose(), "memory://");
+        assert_eq!(c.storage.key_prefix, "twofa:");
+        assert_eq!(c.security.second_factor_ttl.as_secs(), 12 * 3600);
+        assert_eq!(c.security.max_consecutive_failures, 100);
+        assert_eq!(c.totp.issuer, "2FA-Middleware");
+        assert_eq!(c.policy.default, Requirement::TwoFa);
+        assert_eq!(c.policy.identity_header_prefix, "x-auth-request-");
+    }
+
+    #[test]
+    fn env_beats_file_and_lists_split_on_commas() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[keycloak]\nurl = \"https://file.example.com\"\nrealm = \"r\"\naudiences = [\"a\"]\n[security]\nencryption_keys = [\"{KEY}\"]\nmax_attempts = 3\n").unwrap();
+        let env = vec![
+            (
+                "TWOFA_KEYCLOAK__URL".to_string(),
+                "https://env.example.com".to_string(),
+            ),
+            ("TWOFA_KEYCLOAK__AUDIENCES".into(), "x, y".into()),
+            ("TWOFA_SECURITY__OTP_TTL".into(), "5m".into()),
+            ("TWOFA_STORAGE__AUTO_MIGRATE".into(), "false".into()),
+            ("TWOFA_STORAGE__POOL_SIZE".into(), "4".into()),
+            ("TWOFA_CONFIG".into(), "ignored".into()),
+            ("UNRELATED".into(), "x".into()),
+        ];
+        let c = load(Some(f.path()), env, false).unwrap();
+        assert_eq!(c.keycloak.url.as_deref(), Some("https://env.example.com"));
+        assert_eq!(c.keycloak.audiences, vec!["x", "y"]);
+        assert_eq!(c.security.max_attempts, 3);
+        assert_eq!(c.security.otp_ttl.as_secs(), 300);
+        assert!(!c.storage.auto_migrate);
+        assert_eq!(c.storage.pool_size, 4);
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let mut kf = tempfile::NamedTempFile::new().unwrap();
+        writeln!(kf, "{KEY}\nk0:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+        let mut sf = tempfile::NamedTempFile::new().unwrap();
+        writeln!(sf, "s3cret").unwrap();
+        let env = vec![
+            (
+                "TWOFA_KEYCLOAK__URL".to_string(),
+                "https://sso.example.com".to_string(),
+            ),
+            ("TWOFA_KEYCLOAK__REALM".into(), "demo".into()),
+            ("TWOFA_KEYCLOAK__ADMIN_CLIENT_ID".into(), "twofa".into()),
+            (
+                "TWOFA_KEYCLOAK__ADMIN_CLIENT_SECRET_FILE".into(),
+                sf.path().display().to_string(),
+            ),
+            (
+                "TWOFA_SECURITY__ENCRYPTION_KEYS_FILE".into(),
+                kf.path().display().to_string(),
+            ),
+        ];
+        let c = load(None, env, false).unwrap();
+        assert_eq!(c.keycloak.admin_client_secret.unwrap().expose(), "s3cret");
+        assert_eq!(c.security.encryption_keys.0.len(), 2);
+        let text = load(None, base_env(), false).unwrap().redacted_toml();
+        assert!(!text.contains("AAECAwQF"), "{text}");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut env = base_env();
+        env.push(("TWOFA_SECURITY__MAX_ATTEMPTS".into(), "many".into()));
+        assert_eq!(
+            load(None, env, false).unwrap_err().key,
+            "security.max_attempts"
+        );
+
+        let mut env = base_env();
+        env.push(("TWOFA_KEYCLOAK__ALGORITHMS".into(), "HS256".into()));
+        assert_eq!(
+            load(None, env, false).unwrap_err().key,
+            "keycloak.algorithms"
+        );
+
+        let mut env = base_env();
+        env.push(("TWOFA_KEYCLOAK__BOGUS".into(), "1".into()));
+        assert_eq!(load(None, env, false).unwrap_err().key, "keycloak.bogus");
+
+        let mut env = base_env();
+        env.push(("TWOFA_SECURITY__OTP_TTL".into(), "soon".into()));
+        assert_eq!(load(None, env, false).unwrap_err().key, "security.otp_ttl");
+
+        let env = vec![
+            (
+                "TWOFA_KEYCLOAK__URL".to_string(),
+                "https://sso.example.com".to_string(),
+            ),
+            ("TWOFA_KEYCLOAK__REALM".into(), "demo".into()),
+        ];
+        assert_eq!(
+            load(None, env, false).unwrap_err().key,
+            "security.encryption_keys"
+        );
+
+        let mut env = base_env();
+        env.push((
+            "TWOFA_POLICY__RULES".into(),
+            r#"[{"path_prefix":"admin","require":"2fa"}]"#.into(),
+        ));
+        assert_eq!(
+            load(None, env, false).unwrap_err().key,
+            "policy.rules[0].path_prefix"
+        );
+
+        let mut env = base_env();
+        env.push(("TWOFA_KEYCLOAK__URL_FILE".into(), "/etc/hosts".into()));
+        assert_eq!(load(None, env, false).unwrap_err().key, "keycloak.url_file");
+    }
+
+    #[test]
+    fn dev_mode_is_loopback_only() {
+        let c = load(None, vec![], true).unwrap();
+        assert_eq!(c.storage.database_url.expose(), "sqlite://./twofa-dev.db");
+        assert_eq!(c.storage.redis_url.expose(), "memory://");
+        let env = vec![(
+            "TWOFA_SERVER__HTTP_ADDR".to_string(),
+            "0.0.0.0:8090".to_string(),
+        )];
+        assert_eq!(load(None, env, true).unwrap_err().key, "server.http_addr");
+    }
+}

@@ -1,0 +1,336 @@
+//! Configuration: the keys of INTERFACE.md section 2, loaded from a TOML file,
+//! overridden by `TWOFA_<SECTION>__<KEY>` environment variables, with `X_file`
+//! indirection for secrets (Kubernetes secret mounts), then validated so that
+//! every error names the key at fault.
+
+mod duration;
+mod load;
+mod secret;
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::{format_duration, parse_duration, Dur};
+pub use load::{load, ConfigError};
+pub use secret::{Secret, SecretList, SecretUrl, REDACTED};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub keycloak: KeycloakConfig,
+    pub storage: StorageConfig,
+    pub security: SecurityConfig,
+    pub totp: TotpConfig,
+    pub email: EmailConfig,
+    pub sms: SmsConfig,
+    pub policy: PolicyConfig,
+    pub log: LogConfig,
+    /// Set by `serve --dev`, never by a file or the environment.
+    #[serde(skip)]
+    pub dev: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:9191".into(),
+            http_addr: "127.0.0.1:8090".into(),
+            cors_allowed_origins: vec![],
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn grpc_socket(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("server.grpc_addr", &self.grpc_addr)
+    }
+    pub fn http_socket(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("server.http_addr", &self.http_addr)
+    }
+}
+
+fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse()
+        .map_err(|_| ConfigError::new(key, format!("`{v}` is not an address like 127.0.0.1:8090")))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeycloakConfig {
+    pub url: Option<String>,
+    pub realm: Option<String>,
+    pub issuer: Option<String>,
+    pub jwks_url: Option<String>,
+    pub audiences: Vec<String>,
+    pub allowed_clients: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub leeway: Dur,
+    pub jwks_cache_ttl: Dur,
+    pub jwks_min_refresh_interval: Dur,
+    pub admin_client_id: Option<String>,
+    pub admin_client_secret: Option<Secret>,
+    pub mobile_attribute: String,
+    pub mobile_verified_attribute: String,
+    pub sync_verified_contacts: bool,
+}
+
+impl Default for KeycloakConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            realm: None,
+            issuer: None,
+            jwks_url: None,
+            audiences: vec![],
+            allowed_clients: vec![],
+            algorithms: vec!["RS256".into()],
+            leeway: Dur::secs(30),
+            jwks_cache_ttl: Dur::secs(600),
+            jwks_min_refresh_interval: Dur::secs(10),
+            admin_client_id: None,
+            admin_client_secret: None,
+            mobile_attribute: "mobile".into(),
+            mobile_verified_attribute: "mobileVerified".into(),
+            sync_verified_contacts: true,
+        }
+    }
+}
+
+impl KeycloakConfig {
+    /// `keycloak.issuer`, else `{url}/realms/{realm}` (Keycloak's issuer layout).
+    pub fn effective_issuer(&self) -> Option<String> {
+        if let Some(i) = &self.issuer {
+            return Some(i.clone());
+        }
+        match (&self.url, &self.realm) {
+            (Some(u), Some(r)) => Some(format!("{}/realms/{}", u.trim_end_matches('/'), r)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub database_url: SecretUrl,
+    pub redis_url: SecretUrl,
+    pub pool_size: u32,
+    pub key_prefix: String,
+    pub auto_migrate: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            database_url: SecretUrl::new("sqlite://twofa.db"),
+            redis_url: SecretUrl::new("memory://"),
+            pool_size: 16,
+            key_prefix: "twofa:".into(),
+            auto_migrate: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    pub encryption_keys: SecretList,
+    pub second_factor_ttl: Dur,
+    pub methods: Vec<String>,
+    pub otp_length: u32,
+    pub otp_ttl: Dur,
+    pub otp_resend_interval: Dur,
+    pub max_attempts: u32,
+    pub lockout: Dur,
+    pub max_consecutive_failures: u32,
+    pub notify_changes: bool,
+    pub pending_totp_ttl: Dur,
+    pub recovery_code_count: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            encryption_keys: SecretList::default(),
+            second_factor_ttl: Dur::secs(12 * 3600),
+            methods: ["totp", "email", "sms", "recovery"]
+                .map(String::from)
+                .to_vec(),
+            otp_length: 6,
+            otp_ttl: Dur::secs(600),
+            otp_resend_interval: Dur::secs(60),
+            max_attempts: 5,
+            lockout: Dur::secs(900),
+            max_consecutive_failures: 100,
+            notify_changes: true,
+            pending_totp_ttl: Dur::secs(600),
+            recovery_code_count: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TotpConfig {
+    pub issuer: String,
+    pub digits: u32,
+    pub period: u64,
+    pub algorithm: String,
+    pub skew: u8,
+}
+
+impl Default for TotpConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "2FA-Middleware".into(),
+            digits: 6,
+            period: 30,
+            algorithm: "SHA1".into(),
+            skew: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    pub provider: String,
+    pub from: Option<String>,
+    pub smtp_url: Option<SecretUrl>,
+    pub resend_api_key: Option<Secret>,
+    pub resend_api_url: String,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            provider: "log".into(),
+            from: None,
+            smtp_url: None,
+            resend_api_key: None,
+            resend_api_url: "https://api.resend.com".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmsConfig {
+    pub provider: String,
+    pub twilio_account_sid: Option<String>,
+    pub twilio_auth_token: Option<Secret>,
+    pub twilio_from: Option<String>,
+    pub twilio_api_url: String,
+    pub webhook_url: Option<String>,
+    pub webhook_bearer_token: Option<Secret>,
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        Self {
+            provider: "log".into(),
+            twilio_account_sid: None,
+            twilio_auth_token: None,
+            twilio_from: None,
+            twilio_api_url: "https://api.twilio.com".into(),
+            webhook_url: None,
+            webhook_bearer_token: None,
+        }
+    }
+}
+
+/// What a request needs: nothing, a valid token, or a valid token whose
+/// session passed a second factor. Ordered from weakest to strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Requirement {
+    #[serde(rename = "none")]
+    None,
+    #[serde(rename = "token")]
+    Token,
+    #[serde(rename = "2fa")]
+    TwoFa,
+}
+
+impl Requirement {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "none" => Some(Requirement::None),
+            "token" => Some(Requirement::Token),
+            "2fa" => Some(Requirement::TwoFa),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub require: Requirement,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub default: Requirement,
+    pub rules: Vec<RuleConfig>,
+    pub identity_header_prefix: String,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            default: Requirement::TwoFa,
+            // Without this first rule a user who has no factor yet could
+            // never reach the enrollment routes through the proxy.
+            rules: vec![RuleConfig {
+                path_prefix: Some("/user".into()),
+                methods: vec![],
+                host: None,
+                require: Requirement::Token,
+                max_age: None,
+            }],
+            identity_header_prefix: "x-auth-request-".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: String,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML, every secret redacted.
+    pub fn redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}

@@ -1,0 +1,214 @@
+//! Envoy's external authorization over gRPC: `envoy.service.auth.v3.Authorization/Check`
+//! and the standard `grpc.health.v1.Health` service.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+
+use crate::app::AppState;
+use crate::authz::{CheckInput, Decision, EXT_MAX_AGE, EXT_REQUIRE};
+use crate::error::PROBLEM_JSON;
+
+/// Generated from proto/; module nesting mirrors the proto packages because
+/// the generated code refers across packages with relative paths.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pb {
+    pub mod envoy {
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.config.core.v3");
+                }
+            }
+        }
+        pub mod r#type {
+            pub mod v3 {
+                tonic::include_proto!("envoy.r#type.v3");
+            }
+        }
+        pub mod service {
+            pub mod auth {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.auth.v3");
+                }
+            }
+        }
+    }
+    pub mod google {
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
+}
+
+use pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use pb::envoy::r#type::v3::HttpStatus;
+use pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+use pb::envoy::service::auth::v3::check_response::HttpResponse;
+use pb::envoy::service::auth::v3::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+};
+use pb::google::rpc::Status as RpcStatus;
+
+pub struct AuthzService {
+    state: Arc<AppState>,
+}
+
+pub fn service(state: Arc<AppState>) -> AuthorizationServer<AuthzService> {
+    AuthorizationServer::new(AuthzService { state })
+        // Check requests are small; anything large is not from Envoy.
+        .max_decoding_message_size(256 * 1024)
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    /// Always completes the call with gRPC OK and puts the decision in
+    /// `CheckResponse.status`. A gRPC error would make Envoy apply
+    /// `failure_mode_allow`, which an operator may have set to true: a denial
+    /// or a "cannot decide" must never depend on that setting, so every deny,
+    /// including the fail-closed 503, is an ordinary CheckResponse.
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let attrs = req.attributes.unwrap_or_default();
+        let http = attrs.request.and_then(|r| r.http).unwrap_or_default();
+        // With `encode_raw_headers` Envoy sends header_map instead of headers.
+        let raw_headers: HashMap<String, String>;
+        let headers = if http.headers.is_empty() {
+            raw_headers = raw_header_map(&http);
+            &raw_headers
+        } else {
+            &http.headers
+        };
+        let input = CheckInput {
+            method: &http.method,
+            host: &http.host,
+            path: &http.path,
+            authorization: headers.get("authorization").map(String::as_str),
+            ext_require: attrs
+                .context_extensions
+                .get(EXT_REQUIRE)
+                .map(String::as_str),
+            ext_max_age: attrs
+                .context_extensions
+                .get(EXT_MAX_AGE)
+                .map(String::as_str),
+        };
+        let decision = self.state.authz.check(&input).await;
+        let resp = self.render(&decision, headers.keys().map(String::as_str));
+        self.state
+            .metrics
+            .grpc_checks
+            .record(decision.outcome(), start.elapsed().as_secs_f64());
+        Ok(Response::new(resp))
+    }
+}
+
+fn raw_header_map(
+    http: &pb::envoy::service::auth::v3::attribute_context::HttpRequest,
+) -> HashMap<String, String> {
+    let mut m: HashMap<String, String> = HashMap::new();
+    for h in http.header_map.iter().flat_map(|hm| hm.headers.iter()) {
+        let v = if h.raw_value.is_empty() {
+            h.value.clone()
+        } else {
+            String::from_utf8_lossy(&h.raw_value).into_owned()
+        };
+        m.entry(h.key.to_ascii_lowercase())
+            .and_modify(|e| {
+                e.push(',');
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    m
+}
+
+fn header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            raw_value: Vec::new(),
+        }),
+        // Replace, never append to, any value the client sent.
+        append: Some(false),
+        ..Default::default()
+    }
+}
+
+impl AuthzService {
+    fn render<'a>(
+        &self,
+        decision: &Decision,
+        client_headers: impl Iterator<Item = &'a str>,
+    ) -> CheckResponse {
+        let names = &self.state.authz.headers;
+        match decision {
+            Decision::Allow {
+                identity,
+                second_factor,
+            } => {
+                let set: Vec<HeaderValueOption> = match identity {
+                    Some(id) => names
+                        .values(id, *second_factor)
+                        .map(|(k, v)| header(k, &v))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                // Envoy applies headers_to_remove after headers: removing a
+                // name we also set would drop our value. Only client-sent
+                // identity headers that we do not set are listed.
+                let headers_to_remove = client_headers
+                    .filter(|h| names.has_prefix(h))
+                    .filter(|h| {
+                        !set.iter().any(|o| {
+                            o.header
+                                .as_ref()
+                                .is_some_and(|s| s.key.eq_ignore_ascii_case(h))
+                        })
+                    })
+                    .map(str::to_string)
+                    .collect();
+                CheckResponse {
+                    status: Some(RpcStatus {
+                        code: 0,
+                        ..Default::default()
+                    }),
+                    http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                        headers: set,
+                        headers_to_remove,
+                    })),
+                }
+            }
+            Decision::Deny(err) => {
+                let mut headers = vec![header("content-type", PROBLEM_JSON)];
+                if let Some(w) = self.state.authz.www_authenticate(err) {
+                    headers.push(header("www-authenticate", w));
+                }
+                if let Some(r) = err.retry_after() {
+                    headers.push(header("retry-after", &r.as_secs().max(1).to_string()));
+                }
+                CheckResponse {
+                    status: Some(RpcStatus {
+                        code: err.grpc_code(),
+                        message: err.code().to_string(),
+                        details: vec![],
+                    }),
+                    http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                        status: Some(HttpStatus {
+                            code: i32::from(err.status().as_u16()),
+                        }),
+                        headers,
+                        body: err.problem().to_string(),
+                    })),
+                }
+            }
+        }
+    }
+}

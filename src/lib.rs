@@ -1,0 +1,17 @@
+//! twofa-authz: answers Envoy (gRPC ext_authz) and nginx (auth_request) from a
+//! Keycloak access token and whether that Keycloak session passed a second
+//! factor; serves the `/user` API with which users enroll and use factors.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod authz;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod store;
+pub mod token;

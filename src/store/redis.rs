@@ -1,0 +1,207 @@
+//! Redis implementations (bb8 pool of multiplexed connections). Every key
+//! carries `storage.key_prefix` and a TTL. Calls are bounded by a short
+//! timeout: a slow or dead Redis must turn into a prompt 503, not a hung
+//! proxy.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bb8_redis::redis::aio::MultiplexedConnection;
+use bb8_redis::RedisConnectionManager;
+use redis::{FromRedisValue, RedisError};
+
+use super::{SessionStore, StoreError, Verified};
+
+const OP_TIMEOUT: Duration = Duration::from_millis(1000);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// A multiplexed connection that remembers it failed. bb8-redis never reports
+/// a connection as broken, so without this a pool would keep handing out
+/// connections to a Redis that restarted and every call would fail forever.
+pub struct Conn {
+    pub inner: MultiplexedConnection,
+    broken: bool,
+}
+
+pub struct Manager(RedisConnectionManager);
+
+impl bb8::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = RedisError;
+
+    async fn connect(&self) -> Result<Conn, RedisError> {
+        let inner = self.0.connect().await?;
+        Ok(Conn {
+            inner,
+            broken: false,
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
+        self.0.is_valid(&mut conn.inner).await
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.broken
+    }
+}
+
+pub type Pool = bb8::Pool<Manager>;
+
+/// A pool that does not connect yet: the service starts (and reports not
+/// ready) while Redis is down, and recovers on its own when it is back.
+pub fn pool(url: &str, size: u32) -> Result<Pool, String> {
+    let mgr = RedisConnectionManager::new(url).map_err(|e| format!("storage.redis_url: {e}"))?;
+    Ok(bb8::Pool::builder()
+        .max_size(size)
+        // A PING per checkout would double the round trips of every Check;
+        // failed connections are marked broken instead (see `Conn`).
+        .test_on_check_out(false)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .retry_connection(false)
+        .build_unchecked(Manager(mgr)))
+}
+
+/// Runs one Redis request with a timeout, marking the connection broken on
+/// any I/O failure so the pool replaces it.
+pub async fn run<T: FromRedisValue>(pool: &Pool, req: Req<'_>) -> Result<T, StoreError> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+    let fut = async {
+        match req {
+            Req::Cmd(c) => c.query_async::<T>(&mut conn.inner).await,
+            Req::Pipe(p) => p.query_async::<T>(&mut conn.inner).await,
+            Req::Script(s) => s.invoke_async::<T>(&mut conn.inner).await,
+        }
+    };
+    let out = tokio::time::timeout(OP_TIMEOUT, fut).await;
+    match out {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.is_connection_refusal()
+            {
+                conn.broken = true;
+            }
+            Err(StoreError::Unavailable(format!("redis: {e}")))
+        }
+        Err(_) => {
+            conn.broken = true;
+            Err(StoreError::Unavailable("redis: timed out".into()))
+        }
+    }
+}
+
+pub enum Req<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
+    Script(&'a redis::ScriptInvocation<'a>),
+}
+
+pub struct RedisSessionStore {
+    pool: Pool,
+    prefix: String,
+}
+
+impl RedisSessionStore {
+    pub fn new(pool: Pool, prefix: String) -> Self {
+        Self { pool, prefix }
+    }
+
+    fn session_key(&self, session: &str) -> String {
+        format!("{}sv:{}", self.prefix, session)
+    }
+
+    fn subject_key(&self, subject: &str) -> String {
+        format!("{}su:{}", self.prefix, subject)
+    }
+}
+
+/// Deletes every session listed in a subject's index, then the index, in one
+/// step so that a concurrent verification cannot slip between them.
+const REMOVE_SUBJECT: &str = r#"
+local members = redis.call('SMEMBERS', KEYS[1])
+local n = 0
+for _, h in ipairs(members) do
+  n = n + redis.call('DEL', ARGV[1] .. h)
+end
+redis.call('DEL', KEYS[1])
+return n
+"#;
+
+#[async_trait]
+impl SessionStore for RedisSessionStore {
+    async fn get(&self, session: &str) -> Result<Option<Verified>, StoreError> {
+        let mut c = redis::cmd("GET");
+        c.arg(self.session_key(session));
+        let raw: Option<Vec<u8>> = run(&self.pool, Req::Cmd(&c)).await?;
+        match raw {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(e.to_string())),
+        }
+    }
+
+    async fn put(
+        &self,
+        subject: &str,
+        session: &str,
+        v: Verified,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let secs = ttl.as_secs().max(1);
+        let value = serde_json::to_string(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let skey = self.subject_key(subject);
+        let mut p = redis::pipe();
+        p.atomic()
+            .cmd("SET")
+            .arg(self.session_key(session))
+            .arg(value)
+            .arg("EX")
+            .arg(secs)
+            .ignore()
+            .cmd("SADD")
+            .arg(&skey)
+            .arg(session)
+            .ignore()
+            // Every member shares the same TTL, so the index lives as long as
+            // its newest session.
+            .cmd("EXPIRE")
+            .arg(&skey)
+            .arg(secs)
+            .ignore();
+        run::<()>(&self.pool, Req::Pipe(&p)).await
+    }
+
+    async fn remove(&self, subject: &str, session: &str) -> Result<bool, StoreError> {
+        let mut p = redis::pipe();
+        p.atomic()
+            .cmd("DEL")
+            .arg(self.session_key(session))
+            .cmd("SREM")
+            .arg(self.subject_key(subject))
+            .arg(session)
+            .ignore();
+        let (n,): (u64,) = run(&self.pool, Req::Pipe(&p)).await?;
+        Ok(n > 0)
+    }
+
+    async fn remove_subject(&self, subject: &str) -> Result<u64, StoreError> {
+        let script = redis::Script::new(REMOVE_SUBJECT);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.subject_key(subject))
+            .arg(format!("{}sv:", self.prefix));
+        run(&self.pool, Req::Script(&inv)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let c = redis::cmd("PING");
+        let _: String = run(&self.pool, Req::Cmd(&c)).await?;
+        Ok(())
+    }
+}
