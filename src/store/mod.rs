@@ -1,7 +1,14 @@
-//! Storage, one trait per kind of state: [`SessionStore`] holds the
-//! short-lived "this Keycloak session passed factor F at T" facts (Redis or
-//! memory). Implementations live beside it; `conformance` holds the one test
-//! suite every implementation of a trait must pass.
+//! Storage, one trait per kind of state:
+//! - [`SessionStore`]: "this Keycloak session passed factor F at T" (Redis or memory);
+//! - [`EphemeralStore`]: other short-lived state with TTLs: pending one-time
+//!   codes, pending TOTP secrets, attempt counters, lockouts, resend timers,
+//!   seen logout-token `jti`s (Redis or memory);
+//! - [`ProfileStore`]: what must survive restarts: profiles, enrolled factors,
+//!   recovery codes, the last accepted TOTP step, the consecutive-failure
+//!   count (PostgreSQL or SQLite).
+//!
+//! Implementations live beside the traits; `conformance` holds the one test
+//! suite per trait that every implementation must pass.
 
 pub mod conformance;
 pub mod memory;
@@ -88,4 +95,104 @@ pub fn session_store(
             cfg.key_prefix.clone(),
         )))
     }
+}
+
+/// Short-lived key/value state with TTLs. Keys are given without the
+/// configured prefix; implementations add it. Every key has a TTL.
+#[async_trait]
+pub trait EphemeralStore: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<String>, StoreError>;
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Sets only if absent; true when it was set.
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError>;
+    async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+    /// Deletes only if the current value equals `expected`, atomically; true
+    /// when it was deleted. This is how a one-time code is consumed exactly
+    /// once under concurrent verification.
+    async fn delete_if_eq(&self, key: &str, expected: &str) -> Result<bool, StoreError>;
+    /// Increments a counter, creating it with `ttl` if absent (the TTL is not
+    /// extended by later increments); returns the new value.
+    async fn incr(&self, key: &str, ttl: Duration) -> Result<u64, StoreError>;
+    /// Remaining lifetime of a key, None when absent.
+    async fn ttl(&self, key: &str) -> Result<Option<Duration>, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// A user's profile row (`user_profile`, keyed by the Keycloak `sub`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Profile {
+    pub subject: String,
+    pub username: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub mobile: Option<String>,
+    pub mobile_verified: bool,
+    /// A contact change waiting for its code; replaces the verified one only
+    /// once verified.
+    pub pending_email: Option<String>,
+    pub pending_mobile: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An enrolled TOTP secret, encrypted (AEAD) with the key `key_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotpRecord {
+    pub ciphertext: Vec<u8>,
+    pub key_id: String,
+    pub enabled_at: i64,
+}
+
+/// What `reset_user` removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResetReport {
+    pub totp: bool,
+    pub recovery_codes: u32,
+    pub failures_cleared: bool,
+}
+
+/// Durable state. Methods that must be atomic say so; both implementations
+/// guarantee it with a transaction or a single conditional statement.
+#[async_trait]
+pub trait ProfileStore: Send + Sync {
+    /// Applies pending versioned migrations; idempotent.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts; false (and no change) when a profile for the subject exists.
+    async fn create_profile(&self, p: &Profile) -> Result<bool, StoreError>;
+    async fn get_profile(&self, subject: &str) -> Result<Option<Profile>, StoreError>;
+    /// Overwrites every column of an existing profile; false when absent.
+    async fn update_profile(&self, p: &Profile) -> Result<bool, StoreError>;
+
+    async fn get_totp(&self, subject: &str) -> Result<Option<TotpRecord>, StoreError>;
+    /// Enables TOTP; false (and no change) when one is already enabled.
+    async fn insert_totp(&self, subject: &str, rec: &TotpRecord) -> Result<bool, StoreError>;
+    async fn delete_totp(&self, subject: &str) -> Result<bool, StoreError>;
+    /// Every TOTP record, for re-encryption under a new key.
+    async fn all_totp(&self) -> Result<Vec<(String, TotpRecord)>, StoreError>;
+    /// Replaces the ciphertext only if it is still `old` (compare-and-set).
+    async fn reencrypt_totp(&self, subject: &str, old: &TotpRecord, new: &TotpRecord) -> Result<bool, StoreError>;
+    /// Atomically records `step` as the last accepted TOTP time step if it is
+    /// greater than the stored one; false means the step (or a later one) was
+    /// already accepted: a replay. Kept across TOTP re-enrollment.
+    async fn accept_totp_step(&self, subject: &str, step: i64) -> Result<bool, StoreError>;
+
+    /// Replaces all recovery codes of the subject by these hashes.
+    async fn replace_recovery_codes(&self, subject: &str, hashes: &[String]) -> Result<(), StoreError>;
+    /// (id, hash) of the unused recovery codes.
+    async fn recovery_codes(&self, subject: &str) -> Result<Vec<(i64, String)>, StoreError>;
+    /// Deletes one code; false when it was already gone (spent concurrently).
+    async fn spend_recovery_code(&self, subject: &str, id: i64) -> Result<bool, StoreError>;
+
+    /// Wrong codes in a row (any factor); increments and returns the new count.
+    async fn record_failure(&self, subject: &str) -> Result<u32, StoreError>;
+    async fn failures(&self, subject: &str) -> Result<u32, StoreError>;
+    async fn clear_failures(&self, subject: &str) -> Result<(), StoreError>;
+
+    /// Administrator reset: removes TOTP, recovery codes and the failure
+    /// count (the profile and contacts stay).
+    async fn reset_user(&self, subject: &str) -> Result<ResetReport, StoreError>;
 }
