@@ -9,6 +9,7 @@ pub mod authz;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod grpc;
 pub mod http;
