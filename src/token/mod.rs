@@ -34,3 +34,6 @@ pub fn subject_hash(iss: &str, sub: &str) -> String {
     h.update(sub.as_bytes());
     hex::encode(h.finalize())
 }
+
+#[cfg(test)]
+mod tests;

@@ -53,7 +53,7 @@ pub struct Identity {
 struct Claims {
     iss: String,
     sub: Option<String>,
-    exp: i64,
+    exp: Option<i64>,
     nbf: Option<i64>,
     iat: Option<i64>,
     typ: Option<String>,
@@ -189,7 +189,8 @@ impl Validator {
 
     fn check_claims(&self, c: Claims, now: i64) -> Result<Identity, TokenError> {
         let lw = self.leeway;
-        if c.exp + lw <= now {
+        let exp = c.exp.ok_or(TokenError::Invalid("missing claim"))?;
+        if exp.saturating_add(lw) <= now {
             return Err(TokenError::Invalid("expired"));
         }
         if c.nbf.is_some_and(|nbf| nbf - lw > now) {
@@ -245,9 +246,9 @@ impl Validator {
             given_name: c.given_name,
             family_name: c.family_name,
             groups,
-            exp: c.exp,
+            exp,
             iat: c.iat,
-            valid_until: c.exp.saturating_add(lw),
+            valid_until: exp.saturating_add(lw),
         })
     }
 }
