@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::{Factor, SessionStore, Verified};
+use super::{Factor, SessionIds, SessionStore, Verified};
 
 /// `advance(secs)` must move the store's notion of time forward: a manual
 /// clock for the memory store, a real sleep for Redis (whose TTLs are its own).
@@ -14,11 +14,17 @@ where
     F: Fn(u64) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let (subj, s1, s2) = ("conf-subject", "conf-s1", "conf-s2");
-    let other = "conf-other-subject";
+    let iss = "https://conformance.example/realms/r";
+    let a1 = SessionIds::new(iss, "alice", "s1");
+    let a2 = SessionIds::new(iss, "alice", "s2");
+    let b3 = SessionIds::new(iss, "bob", "s3");
+    let ttl = Duration::from_secs(60);
     store.ping().await.expect("ping");
+    for ids in [&a1, &a2, &b3] {
+        let _ = store.remove(ids).await.expect("clean start");
+    }
     assert_eq!(
-        store.get(s1).await.expect("get"),
+        store.get(&a1.session).await.expect("get"),
         None,
         "fresh store is empty"
     );
@@ -27,15 +33,18 @@ where
         factor: Factor::Totp,
         at: now,
     };
-    store
-        .put(subj, s1, v, Duration::from_secs(60))
-        .await
-        .expect("put");
-    assert_eq!(store.get(s1).await.expect("get"), Some(v));
+    store.put(&a1, v, ttl).await.expect("put");
+    assert_eq!(store.get(&a1.session).await.expect("get"), Some(v));
     assert_eq!(
-        store.get(s2).await.expect("get"),
+        store.get(&a2.session).await.expect("get"),
         None,
         "sessions are independent"
+    );
+    // Same sid, other subject: a different session (state belongs to the triple).
+    let other_sub_same_sid = SessionIds::new(iss, "mallory", "s1");
+    assert_eq!(
+        store.get(&other_sub_same_sid.session).await.expect("get"),
+        None
     );
 
     // A later verification replaces the earlier one.
@@ -43,49 +52,341 @@ where
         factor: Factor::Sms,
         at: now + 5,
     };
-    store
-        .put(subj, s1, v2, Duration::from_secs(60))
-        .await
-        .expect("put");
-    assert_eq!(store.get(s1).await.expect("get"), Some(v2));
+    store.put(&a1, v2, ttl).await.expect("put");
+    assert_eq!(store.get(&a1.session).await.expect("get"), Some(v2));
 
-    assert!(store.remove(subj, s1).await.expect("remove"));
-    assert!(!store.remove(subj, s1).await.expect("remove again"));
-    assert_eq!(store.get(s1).await.expect("get"), None);
+    assert!(store.remove(&a1).await.expect("remove"));
+    assert!(!store.remove(&a1).await.expect("remove again"));
+    assert_eq!(store.get(&a1.session).await.expect("get"), None);
 
     // Removing a subject ends all of its sessions and only those.
-    store
-        .put(subj, s1, v, Duration::from_secs(60))
-        .await
-        .expect("put");
-    store
-        .put(subj, s2, v, Duration::from_secs(60))
-        .await
-        .expect("put");
-    store
-        .put(other, "conf-s3", v, Duration::from_secs(60))
-        .await
-        .expect("put");
-    assert_eq!(store.remove_subject(subj).await.expect("remove_subject"), 2);
-    assert_eq!(store.get(s1).await.expect("get"), None);
-    assert_eq!(store.get(s2).await.expect("get"), None);
-    assert_eq!(store.get("conf-s3").await.expect("get"), Some(v));
-    assert_eq!(store.remove_subject(subj).await.expect("again"), 0);
+    store.put(&a1, v, ttl).await.expect("put");
+    store.put(&a2, v, ttl).await.expect("put");
+    store.put(&b3, v, ttl).await.expect("put");
+    assert_eq!(
+        store
+            .remove_subject(&a1.subject)
+            .await
+            .expect("remove_subject"),
+        2
+    );
+    assert_eq!(store.get(&a1.session).await.expect("get"), None);
+    assert_eq!(store.get(&a2.session).await.expect("get"), None);
+    assert_eq!(store.get(&b3.session).await.expect("get"), Some(v));
+    assert_eq!(store.remove_subject(&a1.subject).await.expect("again"), 0);
+
+    // Removing by sid (a logout token without sub) ends exactly that session.
+    store.put(&a1, v, ttl).await.expect("put");
+    assert!(store.remove_sid(&b3.sid).await.expect("remove_sid"));
+    assert_eq!(store.get(&b3.session).await.expect("get"), None);
+    assert_eq!(store.get(&a1.session).await.expect("get"), Some(v));
+    assert!(!store.remove_sid(&b3.sid).await.expect("remove_sid again"));
 
     // Entries expire with their TTL.
     store
-        .put(other, "conf-short", v, Duration::from_secs(1))
+        .put(&b3, v, Duration::from_secs(1))
         .await
         .expect("put");
-    assert_eq!(store.get("conf-short").await.expect("get"), Some(v));
+    assert_eq!(store.get(&b3.session).await.expect("get"), Some(v));
     advance(2).await;
-    assert_eq!(store.get("conf-short").await.expect("get"), None, "expired");
-    store.remove_subject(other).await.expect("cleanup");
+    assert_eq!(store.get(&b3.session).await.expect("get"), None, "expired");
+    store.remove_subject(&a1.subject).await.expect("cleanup");
+}
+
+/// The behaviour of an [`EphemeralStore`]. `advance(secs)` moves the store's
+/// time as for [`session_store`]. Keys are namespaced by `ns` so that runs
+/// against a shared server do not collide.
+pub async fn ephemeral_store<F, Fut>(store: Arc<dyn EphemeralStore>, ns: &str, advance: F)
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let k = |name: &str| format!("conf:{ns}:{name}");
+    let min = Duration::from_secs(60);
+    store.ping().await.expect("ping");
+    assert_eq!(store.get(&k("a")).await.expect("get"), None);
+    assert_eq!(store.ttl(&k("a")).await.expect("ttl"), None);
+
+    store.set(&k("a"), "one", min).await.expect("set");
+    assert_eq!(store.get(&k("a")).await.expect("get").as_deref(), Some("one"));
+    let ttl = store.ttl(&k("a")).await.expect("ttl").expect("has a ttl");
+    assert!(ttl <= min && ttl >= Duration::from_secs(58), "ttl {ttl:?}");
+    store.set(&k("a"), "two", min).await.expect("overwrite");
+    assert_eq!(store.get(&k("a")).await.expect("get").as_deref(), Some("two"));
+
+    // set_nx only sets what is absent.
+    assert!(!store.set_nx(&k("a"), "three", min).await.expect("set_nx"));
+    assert_eq!(store.get(&k("a")).await.expect("get").as_deref(), Some("two"));
+    assert!(store.set_nx(&k("b"), "b", min).await.expect("set_nx"));
+    assert_eq!(store.get(&k("b")).await.expect("get").as_deref(), Some("b"));
+
+    assert!(store.delete(&k("b")).await.expect("delete"));
+    assert!(!store.delete(&k("b")).await.expect("delete again"));
+    assert_eq!(store.get(&k("b")).await.expect("get"), None);
+
+    // delete_if_eq deletes only the expected value.
+    assert!(!store.delete_if_eq(&k("a"), "one").await.expect("cas"));
+    assert_eq!(store.get(&k("a")).await.expect("get").as_deref(), Some("two"));
+    assert!(store.delete_if_eq(&k("a"), "two").await.expect("cas"));
+    assert!(!store.delete_if_eq(&k("a"), "two").await.expect("cas again"));
+    assert!(!store.delete_if_eq(&k("missing"), "x").await.expect("cas absent"));
+
+    // N concurrent consumers of one value: exactly one wins.
+    store.set(&k("code"), "h", min).await.expect("set");
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let s = store.clone();
+            let key = k("code");
+            tokio::spawn(async move { s.delete_if_eq(&key, "h").await.expect("cas") })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        if t.await.expect("join") {
+            wins += 1;
+        }
+    }
+    assert_eq!(wins, 1, "one value consumed exactly once");
+
+    // Counters: created with a TTL that later increments do not extend.
+    assert_eq!(store.incr(&k("n"), Duration::from_secs(2)).await.expect("incr"), 1);
+    assert_eq!(store.incr(&k("n"), min).await.expect("incr"), 2);
+    let ttl = store.ttl(&k("n")).await.expect("ttl").expect("counter has a ttl");
+    assert!(ttl <= Duration::from_secs(2), "incr must not extend the ttl: {ttl:?}");
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let s = store.clone();
+            let key = k("n");
+            tokio::spawn(async move { s.incr(&key, min).await.expect("incr") })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.expect("join"));
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (3..=12).collect::<Vec<u64>>(), "increments are atomic");
+
+    // Everything expires with its TTL.
+    store.set(&k("short"), "x", Duration::from_secs(1)).await.expect("set");
+    assert!(store.set_nx(&k("short-nx"), "x", Duration::from_secs(1)).await.expect("set_nx"));
+    advance(3).await;
+    assert_eq!(store.get(&k("short")).await.expect("get"), None, "expired");
+    assert_eq!(store.ttl(&k("short")).await.expect("ttl"), None);
+    assert_eq!(store.get(&k("n")).await.expect("get"), None, "counter expired");
+    assert!(!store.delete_if_eq(&k("short"), "x").await.expect("cas expired"));
+    assert!(
+        store.set_nx(&k("short-nx"), "y", min).await.expect("set_nx"),
+        "an expired key is absent for set_nx"
+    );
+    assert_eq!(store.incr(&k("n"), min).await.expect("incr"), 1, "a new counter");
+    for name in ["a", "short-nx", "n", "code"] {
+        store.delete(&k(name)).await.expect("cleanup");
+    }
+}
+
+fn profile(subject: &str, now: i64) -> Profile {
+    Profile {
+        subject: subject.into(),
+        username: Some("alice".into()),
+        first_name: Some("Alice".into()),
+        last_name: Some("Liddell".into()),
+        email: Some("alice@example.com".into()),
+        email_verified: true,
+        mobile: None,
+        mobile_verified: false,
+        pending_email: None,
+        pending_mobile: Some("+14155550123".into()),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// The behaviour of a [`ProfileStore`] against a fresh (empty) database.
+/// Subjects are namespaced by `ns`.
+pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
+    let now = 1_700_000_000;
+    let alice = format!("{ns}-alice");
+    let bob = format!("{ns}-bob");
+    store.migrate().await.expect("migrate");
+    store.migrate().await.expect("migrate is idempotent");
+    store.ping().await.expect("ping");
+
+    // Profiles.
+    assert_eq!(store.get_profile(&alice).await.expect("get"), None);
+    let mut p = profile(&alice, now);
+    assert!(store.create_profile(&p).await.expect("create"));
+    let mut other = profile(&alice, now + 1);
+    other.username = Some("mallory".into());
+    assert!(!store.create_profile(&other).await.expect("create twice"));
+    assert_eq!(store.get_profile(&alice).await.expect("get"), Some(p.clone()));
+    p.mobile = Some("+14155550123".into());
+    p.mobile_verified = true;
+    p.pending_mobile = None;
+    p.email = None;
+    p.email_verified = false;
+    p.first_name = Some("Ünïcödé 'quoted' \"name\"".into());
+    p.updated_at = now + 10;
+    assert!(store.update_profile(&p).await.expect("update"));
+    assert_eq!(store.get_profile(&alice).await.expect("get"), Some(p.clone()));
+    assert!(!store.update_profile(&profile(&bob, now)).await.expect("update absent"));
+    assert_eq!(store.get_profile(&bob).await.expect("get"), None);
+    assert!(store.create_profile(&profile(&bob, now)).await.expect("create bob"));
+
+    // Concurrent creation of one profile: exactly one wins.
+    let carol = format!("{ns}-carol");
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let s = store.clone();
+            let p = profile(&carol, now);
+            tokio::spawn(async move { s.create_profile(&p).await.expect("create") })
+        })
+        .collect();
+    let mut created = 0;
+    for t in tasks {
+        created += usize::from(t.await.expect("join"));
+    }
+    assert_eq!(created, 1);
+
+    // TOTP records.
+    assert_eq!(store.get_totp(&alice).await.expect("get_totp"), None);
+    let rec = TotpRecord {
+        ciphertext: vec![0, 1, 2, 255, 254, 0, 7],
+        key_id: "k1".into(),
+        enabled_at: now,
+    };
+    assert!(store.insert_totp(&alice, &rec).await.expect("insert"));
+    let mut rec2 = rec.clone();
+    rec2.ciphertext = vec![9; 40];
+    assert!(!store.insert_totp(&alice, &rec2).await.expect("insert twice"));
+    assert_eq!(store.get_totp(&alice).await.expect("get"), Some(rec.clone()));
+    assert_eq!(store.get_totp(&bob).await.expect("get bob"), None);
+    let all = store.all_totp().await.expect("all");
+    assert!(all.contains(&(alice.clone(), rec.clone())));
+    let new = TotpRecord {
+        ciphertext: vec![3; 44],
+        key_id: "k2".into(),
+        enabled_at: now,
+    };
+    assert!(!store.reencrypt_totp(&alice, &rec2, &new).await.expect("cas stale"));
+    assert!(store.reencrypt_totp(&alice, &rec, &new).await.expect("cas"));
+    assert_eq!(store.get_totp(&alice).await.expect("get"), Some(new.clone()));
+    assert!(!store.reencrypt_totp(&alice, &rec, &new).await.expect("cas again"));
+    assert!(store.delete_totp(&alice).await.expect("delete"));
+    assert!(!store.delete_totp(&alice).await.expect("delete again"));
+    assert_eq!(store.get_totp(&alice).await.expect("get"), None);
+
+    // TOTP steps: strictly increasing, kept across re-enrollment, one winner
+    // among parallel requests.
+    assert!(store.accept_totp_step(&alice, 100).await.expect("step"));
+    assert!(!store.accept_totp_step(&alice, 100).await.expect("replay"));
+    assert!(!store.accept_totp_step(&alice, 99).await.expect("older"));
+    assert!(store.accept_totp_step(&alice, 101).await.expect("newer"));
+    assert!(store.accept_totp_step(&bob, 100).await.expect("per subject"));
+    assert!(store.insert_totp(&alice, &rec).await.expect("re-enroll"));
+    assert!(!store.accept_totp_step(&alice, 101).await.expect("replay after re-enroll"));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let s = store.clone();
+            let a = alice.clone();
+            tokio::spawn(async move { s.accept_totp_step(&a, 500).await.expect("step") })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += usize::from(t.await.expect("join"));
+    }
+    assert_eq!(accepted, 1, "a time step is accepted once");
+
+    // Recovery codes.
+    assert!(store.recovery_codes(&alice).await.expect("codes").is_empty());
+    let hashes: Vec<String> = (0..10).map(|i| format!("$argon2id$hash-{i}")).collect();
+    store.replace_recovery_codes(&alice, &hashes).await.expect("replace");
+    let codes = store.recovery_codes(&alice).await.expect("codes");
+    assert_eq!(codes.len(), 10);
+    let mut got: Vec<String> = codes.iter().map(|(_, h)| h.clone()).collect();
+    got.sort();
+    let mut want = hashes.clone();
+    want.sort();
+    assert_eq!(got, want);
+    let (id, _) = codes[0].clone();
+    assert!(!store.spend_recovery_code(&bob, id).await.expect("other subject"));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let s = store.clone();
+            let a = alice.clone();
+            tokio::spawn(async move { s.spend_recovery_code(&a, id).await.expect("spend") })
+        })
+        .collect();
+    let mut spent = 0;
+    for t in tasks {
+        spent += usize::from(t.await.expect("join"));
+    }
+    assert_eq!(spent, 1, "a recovery code is spent once");
+    assert_eq!(store.recovery_codes(&alice).await.expect("codes").len(), 9);
+    store
+        .replace_recovery_codes(&alice, &hashes[..3])
+        .await
+        .expect("replace");
+    let codes = store.recovery_codes(&alice).await.expect("codes");
+    assert_eq!(codes.len(), 3, "regeneration replaces all codes");
+    assert!(
+        !codes.iter().any(|(i, _)| *i == id),
+        "a spent id does not come back"
+    );
+    store
+        .replace_recovery_codes(&bob, &hashes[..2])
+        .await
+        .expect("replace bob");
+
+    // Consecutive failures.
+    assert_eq!(store.failures(&alice).await.expect("failures"), 0);
+    assert_eq!(store.record_failure(&alice).await.expect("fail"), 1);
+    assert_eq!(store.record_failure(&alice).await.expect("fail"), 2);
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let s = store.clone();
+            let a = alice.clone();
+            tokio::spawn(async move { s.record_failure(&a).await.expect("fail") })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("join");
+    }
+    assert_eq!(store.failures(&alice).await.expect("failures"), 12);
+    assert_eq!(store.failures(&bob).await.expect("failures"), 0);
+    store.clear_failures(&alice).await.expect("clear");
+    assert_eq!(store.failures(&alice).await.expect("failures"), 0);
+    assert_eq!(store.record_failure(&alice).await.expect("fail"), 1);
+
+    // Administrator reset: factors and failures go, profile and replay
+    // protection stay, other users untouched.
+    let report = store.reset_user(&alice).await.expect("reset");
+    assert_eq!(
+        report,
+        ResetReport {
+            totp: true,
+            recovery_codes: 3,
+            failures_cleared: true,
+        }
+    );
+    assert_eq!(store.get_totp(&alice).await.expect("get"), None);
+    assert!(store.recovery_codes(&alice).await.expect("codes").is_empty());
+    assert_eq!(store.failures(&alice).await.expect("failures"), 0);
+    assert_eq!(store.get_profile(&alice).await.expect("get"), Some(p));
+    assert!(!store.accept_totp_step(&alice, 500).await.expect("replay after reset"));
+    assert_eq!(store.recovery_codes(&bob).await.expect("codes").len(), 2);
+    assert_eq!(
+        store.reset_user(&alice).await.expect("reset again"),
+        ResetReport::default()
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use crate::store::memory::MemoryEphemeralStore;
 
     use crate::clock::{Clock, ManualClock};
     use crate::store::memory::MemorySessionStore;
@@ -96,6 +397,18 @@ mod tests {
         let store = MemorySessionStore::new(clock.clone() as Arc<dyn Clock>);
         let c = clock.clone();
         super::session_store(&store, clock.now(), move |s| {
+            c.advance(s as i64);
+            async {}
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn memory_ephemeral_store_conforms() {
+        let clock = ManualClock::new(1_700_000_000);
+        let store = Arc::new(MemoryEphemeralStore::new(clock.clone() as Arc<dyn Clock>));
+        let c = clock.clone();
+        super::ephemeral_store(store, "mem", move |s| {
             c.advance(s as i64);
             async {}
         })

@@ -60,23 +60,38 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// Verified second-factor state per Keycloak session. Sessions are named by
-/// `token::session_hash(iss, sub, sid)` and grouped by
-/// `token::subject_hash(iss, sub)` so that a logout or an administrator reset
-/// can end all sessions of a user.
+/// The keys of one Keycloak session: hashes of (iss, sub, sid), of
+/// (iss, sub) for the subject's index, and of (iss, sid) for back-channel
+/// logout tokens that name only the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionIds {
+    pub session: String,
+    pub subject: String,
+    pub sid: String,
+}
+
+impl SessionIds {
+    pub fn new(iss: &str, sub: &str, sid: &str) -> Self {
+        Self {
+            session: crate::token::session_hash(iss, sub, sid),
+            subject: crate::token::subject_hash(iss, sub),
+            sid: crate::token::sid_hash(iss, sid),
+        }
+    }
+}
+
+/// Verified second-factor state per Keycloak session. Looked up by the
+/// session hash on the hot path; removable by subject (administrator reset,
+/// logout by `sub`) and by `sid` (logout by session).
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     async fn get(&self, session: &str) -> Result<Option<Verified>, StoreError>;
-    async fn put(
-        &self,
-        subject: &str,
-        session: &str,
-        v: Verified,
-        ttl: Duration,
-    ) -> Result<(), StoreError>;
-    async fn remove(&self, subject: &str, session: &str) -> Result<bool, StoreError>;
+    async fn put(&self, ids: &SessionIds, v: Verified, ttl: Duration) -> Result<(), StoreError>;
+    async fn remove(&self, ids: &SessionIds) -> Result<bool, StoreError>;
     /// Removes every session of the subject; returns how many there were.
     async fn remove_subject(&self, subject: &str) -> Result<u64, StoreError>;
+    /// Removes the session known by this `sid` hash, whoever its subject.
+    async fn remove_sid(&self, sid: &str) -> Result<bool, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
@@ -174,14 +189,23 @@ pub trait ProfileStore: Send + Sync {
     /// Every TOTP record, for re-encryption under a new key.
     async fn all_totp(&self) -> Result<Vec<(String, TotpRecord)>, StoreError>;
     /// Replaces the ciphertext only if it is still `old` (compare-and-set).
-    async fn reencrypt_totp(&self, subject: &str, old: &TotpRecord, new: &TotpRecord) -> Result<bool, StoreError>;
+    async fn reencrypt_totp(
+        &self,
+        subject: &str,
+        old: &TotpRecord,
+        new: &TotpRecord,
+    ) -> Result<bool, StoreError>;
     /// Atomically records `step` as the last accepted TOTP time step if it is
     /// greater than the stored one; false means the step (or a later one) was
     /// already accepted: a replay. Kept across TOTP re-enrollment.
     async fn accept_totp_step(&self, subject: &str, step: i64) -> Result<bool, StoreError>;
 
     /// Replaces all recovery codes of the subject by these hashes.
-    async fn replace_recovery_codes(&self, subject: &str, hashes: &[String]) -> Result<(), StoreError>;
+    async fn replace_recovery_codes(
+        &self,
+        subject: &str,
+        hashes: &[String],
+    ) -> Result<(), StoreError>;
     /// (id, hash) of the unused recovery codes.
     async fn recovery_codes(&self, subject: &str) -> Result<Vec<(i64, String)>, StoreError>;
     /// Deletes one code; false when it was already gone (spent concurrently).

@@ -10,7 +10,7 @@ use bb8_redis::redis::aio::MultiplexedConnection;
 use bb8_redis::RedisConnectionManager;
 use redis::{FromRedisValue, RedisError};
 
-use super::{SessionStore, StoreError, Verified};
+use super::{SessionIds, SessionStore, StoreError, Verified};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(1000);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -119,6 +119,10 @@ impl RedisSessionStore {
     fn subject_key(&self, subject: &str) -> String {
         format!("{}su:{}", self.prefix, subject)
     }
+
+    fn sid_key(&self, sid: &str) -> String {
+        format!("{}sd:{}", self.prefix, sid)
+    }
 }
 
 /// Deletes every session listed in a subject's index, then the index, in one
@@ -131,6 +135,14 @@ for _, h in ipairs(members) do
 end
 redis.call('DEL', KEYS[1])
 return n
+"#;
+
+/// Follows a sid index entry to its session and deletes both.
+const REMOVE_SID: &str = r#"
+local h = redis.call('GET', KEYS[1])
+if not h then return 0 end
+redis.call('DEL', KEYS[1])
+return redis.call('DEL', ARGV[1] .. h)
 "#;
 
 #[async_trait]
@@ -147,27 +159,27 @@ impl SessionStore for RedisSessionStore {
         }
     }
 
-    async fn put(
-        &self,
-        subject: &str,
-        session: &str,
-        v: Verified,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
+    async fn put(&self, ids: &SessionIds, v: Verified, ttl: Duration) -> Result<(), StoreError> {
         let secs = ttl.as_secs().max(1);
         let value = serde_json::to_string(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let skey = self.subject_key(subject);
+        let skey = self.subject_key(&ids.subject);
         let mut p = redis::pipe();
         p.atomic()
             .cmd("SET")
-            .arg(self.session_key(session))
+            .arg(self.session_key(&ids.session))
             .arg(value)
+            .arg("EX")
+            .arg(secs)
+            .ignore()
+            .cmd("SET")
+            .arg(self.sid_key(&ids.sid))
+            .arg(&ids.session)
             .arg("EX")
             .arg(secs)
             .ignore()
             .cmd("SADD")
             .arg(&skey)
-            .arg(session)
+            .arg(&ids.session)
             .ignore()
             // Every member shares the same TTL, so the index lives as long as
             // its newest session.
@@ -178,14 +190,17 @@ impl SessionStore for RedisSessionStore {
         run::<()>(&self.pool, Req::Pipe(&p)).await
     }
 
-    async fn remove(&self, subject: &str, session: &str) -> Result<bool, StoreError> {
+    async fn remove(&self, ids: &SessionIds) -> Result<bool, StoreError> {
         let mut p = redis::pipe();
         p.atomic()
             .cmd("DEL")
-            .arg(self.session_key(session))
+            .arg(self.session_key(&ids.session))
             .cmd("SREM")
-            .arg(self.subject_key(subject))
-            .arg(session)
+            .arg(self.subject_key(&ids.subject))
+            .arg(&ids.session)
+            .ignore()
+            .cmd("DEL")
+            .arg(self.sid_key(&ids.sid))
             .ignore();
         let (n,): (u64,) = run(&self.pool, Req::Pipe(&p)).await?;
         Ok(n > 0)
@@ -197,6 +212,15 @@ impl SessionStore for RedisSessionStore {
         inv.key(self.subject_key(subject))
             .arg(format!("{}sv:", self.prefix));
         run(&self.pool, Req::Script(&inv)).await
+    }
+
+    async fn remove_sid(&self, sid: &str) -> Result<bool, StoreError> {
+        let script = redis::Script::new(REMOVE_SID);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.sid_key(sid))
+            .arg(format!("{}sv:", self.prefix));
+        let n: u64 = run(&self.pool, Req::Script(&inv)).await?;
+        Ok(n > 0)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -25,6 +25,17 @@ pub fn session_hash(iss: &str, sub: &str, sid: &str) -> String {
     hex::encode(h.finalize())
 }
 
+/// Hex SHA-256 of (iss, sid): names a session in a logout token.
+pub fn sid_hash(iss: &str, sid: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"sid\n");
+    h.update(iss.as_bytes());
+    h.update(b"\n");
+    h.update(sid.as_bytes());
+    hex::encode(h.finalize())
+}
+
 /// Hex SHA-256 of (iss, sub): the key of a subject's session index.
 pub fn subject_hash(iss: &str, sub: &str) -> String {
     use sha2::{Digest, Sha256};
