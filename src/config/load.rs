@@ -749,3 +749,27 @@ mod tests {
         assert_eq!(load(None, env, true).unwrap_err().key, "server.http_addr");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_shipped_example_configuration_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/twofa-authz.example.toml"
+        ))
+        .unwrap()
+        .replace(
+            "/run/secrets/twofa-encryption-keys",
+            &keys.display().to_string(),
+        );
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, text).unwrap();
+        let c = super::load(Some(&file), vec![], false).unwrap();
+        assert_eq!(c.policy.rules[0].path_prefix.as_deref(), Some("/user"));
+        assert_eq!(c.policy.rules.len(), 3);
+    }
+}
