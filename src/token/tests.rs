@@ -296,6 +296,10 @@ async fn issuer_audience_client_and_type_are_checked() {
         .await,
         "valid"
     );
+    let no_aud = t(with(|m| {
+        m.remove("aud");
+    }));
+    assert_eq!(reason(&f, &no_aud).await, "missing claim");
     assert_eq!(
         reason(
             &f,

@@ -122,6 +122,10 @@ impl Validator {
         self.leeway
     }
 
+    pub fn allowed_clients(&self) -> &[String] {
+        &self.allowed_clients
+    }
+
     pub async fn validate(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Invalid("oversized"));
@@ -131,17 +135,20 @@ impl Validator {
         if let Some(id) = self.cache.get(&key, now) {
             return Ok(id);
         }
-        let claims: Claims = self.verify_signature(token).await?;
+        let claims: Claims = self.verify_signature(token, &self.audiences).await?;
         let id = Arc::new(self.check_claims(claims, now)?);
         self.cache.insert(key, id.clone(), now);
         Ok(id)
     }
 
     /// Verifies the signature, algorithm and issuer of any JWT from our
-    /// issuer and returns its claims (also used for logout tokens).
+    /// issuer, and that `aud` holds one of `audiences` when that is not
+    /// empty; returns its claims. Access tokens use `keycloak.audiences`;
+    /// logout tokens are addressed to a client id instead.
     pub async fn verify_signature<T: serde::de::DeserializeOwned + Clone>(
         &self,
         token: &str,
+        audiences: &[String],
     ) -> Result<T, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Invalid("oversized"));
@@ -165,12 +172,18 @@ impl Validator {
         v.validate_exp = false;
         v.validate_nbf = false;
         v.set_issuer(&[&self.issuer]);
-        if self.audiences.is_empty() {
+        if audiences.is_empty() {
             v.validate_aud = false;
         } else {
-            v.set_audience(&self.audiences);
+            v.set_audience(audiences);
         }
-        v.set_required_spec_claims(&["exp", "iss"]);
+        // jsonwebtoken checks `aud` only when the claim is present: a token
+        // without one must not pass a configured audience restriction.
+        if audiences.is_empty() {
+            v.set_required_spec_claims(&["exp", "iss"]);
+        } else {
+            v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        }
         match jsonwebtoken::decode::<T>(token, &entry.key, &v) {
             Ok(data) => Ok(data.claims),
             Err(e) => {

@@ -1,0 +1,31 @@
+//! Integration tests: the real `twofa-authz` binary behind a real Envoy and a real
+//! nginx, with a real Redis, a Keycloak stand-in and an echo application.
+//!
+//! Run through `scripts/test.sh`, which installs the tools and exports where they
+//! are (`TWOFA_TEST_ENVOY`, `TWOFA_TEST_NGINX`, `TWOFA_TEST_REDIS`,
+//! `TWOFA_TEST_PG_BINDIR`), or with `cargo test --test it` once they are there.
+
+// The Keycloak discovery document is one large `json!` literal.
+#![recursion_limit = "256"]
+
+mod support;
+
+/// One `#[tokio::test]` per scenario of `decisions`, through the given proxy.
+macro_rules! scenarios_through {
+    ($proxy:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                crate::decisions::$name($proxy).await;
+            }
+        )*
+    };
+}
+
+mod check_envoy;
+mod check_nginx;
+mod decisions;
+mod forward_auth;
+mod harness;
+mod keys;
+mod service;
