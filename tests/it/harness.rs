@@ -269,6 +269,10 @@ async fn redis_stop_restart_and_session_layout() {
     assert_eq!(
         keys,
         [
+            format!(
+                "twofa:sd:{}",
+                twofa_authz::token::sid_hash(key.iss, key.sid)
+            ),
             format!("twofa:su:{}", key.subject_hash()),
             format!("twofa:sv:{}", key.session_hash()),
         ]

@@ -4,7 +4,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 use super::ports::free_port;
@@ -88,15 +87,23 @@ impl RedisServer {
     /// never a route of the service.
     pub async fn mark_verified(&self, key: &SessionKey<'_>, factor: &str, at: i64, ttl: Duration) {
         let mut con = self.connection().await;
-        let h = key.session_hash();
+        // The service's own key names, so a layout change cannot drift apart.
+        let ids = twofa_authz::store::SessionIds::new(key.iss, key.sub, key.sid);
         let value = serde_json::json!({ "f": factor, "at": at }).to_string();
         let ttl = ttl.as_secs().max(1);
         let _: () = con
-            .set_ex(format!("{}sv:{h}", key.prefix), value, ttl)
+            .set_ex(format!("{}sv:{}", key.prefix, ids.session), value, ttl)
             .await
             .expect("SET the verified session");
-        let index = format!("{}su:{}", key.prefix, key.subject_hash());
-        let _: () = con.sadd(&index, &h).await.expect("SADD the subject index");
+        let _: () = con
+            .set_ex(format!("{}sd:{}", key.prefix, ids.sid), &ids.session, ttl)
+            .await
+            .expect("SET the sid index");
+        let index = format!("{}su:{}", key.prefix, ids.subject);
+        let _: () = con
+            .sadd(&index, &ids.session)
+            .await
+            .expect("SADD the subject index");
         let _: () = con
             .expire(&index, ttl as i64)
             .await
@@ -136,20 +143,11 @@ pub struct SessionKey<'a> {
 }
 
 impl SessionKey<'_> {
-    /// `h`: lowercase hex SHA-256 of `iss \n sub \n sid`.
     pub fn session_hash(&self) -> String {
-        hex_sha256(&format!("{}\n{}\n{}", self.iss, self.sub, self.sid))
+        twofa_authz::token::session_hash(self.iss, self.sub, self.sid)
     }
 
-    /// `hs`: lowercase hex SHA-256 of `iss \n sub`.
     pub fn subject_hash(&self) -> String {
-        hex_sha256(&format!("{}\n{}", self.iss, self.sub))
+        twofa_authz::token::subject_hash(self.iss, self.sub)
     }
-}
-
-fn hex_sha256(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
