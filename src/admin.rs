@@ -4,15 +4,82 @@ use crate::config::Config;
 use crate::store;
 use crate::token::subject_hash;
 
-pub async fn migrate(_cfg: Config, _reencrypt: bool) -> i32 {
-    // The profile database arrives with the /user API; until then there is
-    // nothing to migrate.
-    println!("no migrations to apply");
+/// `twofa-authz migrate [--reencrypt]`: applies pending database migrations;
+/// with `--reencrypt`, then rewrites stored secrets under the first key.
+pub async fn migrate(cfg: Config, reencrypt: bool) -> i32 {
+    let profiles = match store::profile_store(&cfg.storage) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("twofa-authz: configuration key `storage.database_url`: {e}");
+            return crate::cli::EXIT_CONFIG;
+        }
+    };
+    if let Err(e) = profiles.migrate().await {
+        eprintln!("twofa-authz: migration failed: {e}");
+        return crate::cli::EXIT_RUNTIME;
+    }
+    println!(
+        "database {} is at schema version {}",
+        cfg.storage.database_url.redacted(),
+        store::migrations::latest()
+    );
+    if reencrypt {
+        return reencrypt_secrets(&cfg).await;
+    }
     0
 }
 
-/// Removes the user's verified sessions (and, once they exist, factors,
-/// recovery codes, lockout) so that the user can enroll again.
+/// `migrate --reencrypt`: rewrites every stored secret (the enrolled TOTP
+/// secrets) that is not sealed under the first key of
+/// `security.encryption_keys`, and says how many. Run it after putting a
+/// new key first; once it reports no failures, the older keys can be
+/// removed from the configuration.
+pub async fn reencrypt_secrets(cfg: &Config) -> i32 {
+    let ring = match crate::crypto::KeyRing::from_config(&cfg.security.encryption_keys) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("twofa-authz: configuration key `security.encryption_keys`: {e}");
+            return crate::cli::EXIT_CONFIG;
+        }
+    };
+    let profiles = match store::profile_store(&cfg.storage) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("twofa-authz: {e}");
+            return crate::cli::EXIT_CONFIG;
+        }
+    };
+    match crate::factor::totp::reencrypt_all(profiles.as_ref(), &ring).await {
+        Ok(r) => {
+            println!(
+                "re-encrypted {} TOTP secret(s) under key `{}`; {} already under it; {} changed meanwhile (left as they are); {} could not be decrypted",
+                r.rewritten,
+                ring.current_key_id(),
+                r.current,
+                r.skipped,
+                r.failed
+            );
+            if r.failed > 0 {
+                eprintln!(
+                    "twofa-authz: {} TOTP secret(s) are sealed under a key that is not configured; keep that key in security.encryption_keys or reset those users",
+                    r.failed
+                );
+                crate::cli::EXIT_RUNTIME
+            } else {
+                0
+            }
+        }
+        Err(e) => {
+            eprintln!("twofa-authz: re-encryption failed: {e}");
+            crate::cli::EXIT_RUNTIME
+        }
+    }
+}
+
+/// `twofa-authz reset-user SUB`: removes the user's TOTP, recovery codes,
+/// consecutive-failure count, lockout and verified sessions, so that the
+/// user can enroll again; prints what it removed. The profile and its
+/// contacts stay, and so does the last accepted TOTP step (replay guard).
 pub async fn reset_user(cfg: Config, sub: &str) -> i32 {
     let Some(issuer) = cfg.keycloak.effective_issuer() else {
         eprintln!(
@@ -20,21 +87,62 @@ pub async fn reset_user(cfg: Config, sub: &str) -> i32 {
         );
         return crate::cli::EXIT_CONFIG;
     };
-    let sessions = match store::session_store(&cfg.storage, crate::clock::system()) {
+    let clock = crate::clock::system();
+    let stores = store::session_store(&cfg.storage, clock.clone()).and_then(|s| {
+        Ok((
+            s,
+            store::ephemeral_store(&cfg.storage, clock.clone())?,
+            store::profile_store(&cfg.storage)?,
+        ))
+    });
+    let (sessions, eph, profiles) = match stores {
         Ok(s) => s,
         Err(e) => {
             eprintln!("twofa-authz: {e}");
+            return crate::cli::EXIT_CONFIG;
+        }
+    };
+    let subject = subject_hash(&issuer, sub);
+    let report = match profiles.reset_user(sub).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("twofa-authz: reset-user failed on the database: {e}");
             return crate::cli::EXIT_RUNTIME;
         }
     };
-    match sessions.remove_subject(&subject_hash(&issuer, sub)).await {
-        Ok(n) => {
-            println!("reset {sub}: removed {n} verified session(s)");
-            0
-        }
+    let budget = crate::factor::lockout::Budget {
+        eph: eph.as_ref(),
+        profiles: profiles.as_ref(),
+        max_attempts: cfg.security.max_attempts,
+        lockout: cfg.security.lockout.get(),
+        max_consecutive_failures: cfg.security.max_consecutive_failures,
+    };
+    let lockout = match budget.clear(&subject).await {
+        Ok(b) => b,
         Err(e) => {
-            eprintln!("twofa-authz: reset-user failed: {e}");
-            crate::cli::EXIT_RUNTIME
+            eprintln!("twofa-authz: reset-user failed on the session store: {e}");
+            return crate::cli::EXIT_RUNTIME;
         }
+    };
+    let n = match sessions.remove_subject(&subject).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("twofa-authz: reset-user failed on the session store: {e}");
+            return crate::cli::EXIT_RUNTIME;
+        }
+    };
+    println!(
+        "reset {sub}: TOTP {}, {} recovery code(s) removed, failure count {}, lockout {}, removed {n} verified session(s)",
+        if report.totp { "removed" } else { "not enrolled" },
+        report.recovery_codes,
+        if report.failures_cleared { "cleared" } else { "was zero" },
+        if lockout { "cleared" } else { "none" },
+    );
+    if cfg.storage.redis_url.expose() == "memory://" {
+        println!(
+            "note: storage.redis_url is memory://, so lockouts and sessions live inside the running \
+             server and are not visible here; restart it to clear them"
+        );
     }
+    0
 }

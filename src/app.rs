@@ -15,8 +15,11 @@ use tokio_stream::StreamExt;
 use crate::authz::Authorizer;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::crypto::KeyRing;
+use crate::delivery::Delivery;
+use crate::keycloak::AdminClient;
 use crate::metrics::Metrics;
-use crate::store::{self, SessionStore};
+use crate::store::{self, EphemeralStore, ProfileStore, SessionStore};
 use crate::token::{parse_algorithms, DevIssuer, Jwks, Validator};
 
 /// In-flight requests get this long to finish after a shutdown signal.
@@ -30,6 +33,17 @@ pub struct AppState {
     pub sessions: Arc<dyn SessionStore>,
     pub dev: Option<Arc<DevIssuer>>,
     pub http: reqwest::Client,
+    /// Pending codes, attempt counters, lockouts, resend timers, pending
+    /// TOTP secrets (Redis or memory).
+    pub ephemeral: Arc<dyn EphemeralStore>,
+    /// Profiles, enrolled factors, recovery codes, failure counts (SQL).
+    pub profiles: Arc<dyn ProfileStore>,
+    /// `security.encryption_keys`: AEAD for secrets at rest, keyed code hashes.
+    pub keys: Arc<KeyRing>,
+    /// Code and notice delivery (`email.provider`, `sms.provider`).
+    pub delivery: Arc<Delivery>,
+    /// The Keycloak Admin REST API, when `keycloak.admin_client_id` is set.
+    pub keycloak_admin: Option<Arc<AdminClient>>,
 }
 
 pub struct Readiness {
@@ -41,6 +55,11 @@ pub struct Readiness {
 impl Readiness {
     pub fn ready(&self) -> bool {
         self.failing().is_empty()
+    }
+    /// Whether Check decisions can be made: the session store and the
+    /// signing keys, never the database (the Check path does not use it).
+    pub fn can_decide(&self) -> bool {
+        self.session_store == "ok" && self.signing_keys == "ok"
     }
     pub fn failing(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
@@ -113,6 +132,15 @@ impl AppState {
             (v, None)
         };
         let sessions = store::session_store(&cfg.storage, clock.clone())?;
+        let delivery = Arc::new(Delivery::from_config(&cfg, http.clone(), metrics.clone())?);
+        let keycloak_admin =
+            AdminClient::from_config(&cfg.keycloak, http.clone(), clock.clone())?.map(Arc::new);
+        let ephemeral = store::ephemeral_store(&cfg.storage, clock.clone())?;
+        let profiles = store::profile_store(&cfg.storage)?;
+        let keys = Arc::new(
+            KeyRing::from_config(&cfg.security.encryption_keys)
+                .map_err(|e| format!("security.encryption_keys: {e}"))?,
+        );
         let authz = Arc::new(Authorizer::new(
             &cfg,
             Arc::new(validator),
@@ -127,12 +155,20 @@ impl AppState {
             sessions,
             dev,
             http,
+            ephemeral,
+            profiles,
+            keys,
+            delivery,
+            keycloak_admin,
         }))
     }
 
     pub async fn readiness(&self) -> Readiness {
         Readiness {
-            database: "not used",
+            database: match self.profiles.ping().await {
+                Ok(()) => "ok",
+                Err(_) => "unavailable",
+            },
             session_store: match self.sessions.ping().await {
                 Ok(()) => "ok",
                 Err(_) => "unavailable",
@@ -156,6 +192,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
     state.authz.validator().jwks().spawn_refresher(rx.clone());
+    if state.cfg.storage.auto_migrate {
+        migrate_at_start(state.clone(), rx.clone()).await;
+    }
 
     let (reporter, health) = tonic_health::server::health_reporter();
     spawn_health_monitor(state.clone(), reporter, rx.clone());
@@ -206,6 +245,35 @@ pub async fn run(
     }
 }
 
+/// `storage.auto_migrate`: one attempt before serving; if the database is
+/// not reachable yet, serving starts anyway (the Check path never needs the
+/// database) and migration is retried in the background until it succeeds.
+async fn migrate_at_start(state: Arc<AppState>, mut rx: watch::Receiver<bool>) {
+    match state.profiles.migrate().await {
+        Ok(()) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "database migration failed; retrying in the background")
+        }
+    }
+    tokio::spawn(async move {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = rx.changed() => return,
+            }
+            match state.profiles.migrate().await {
+                Ok(()) => {
+                    tracing::info!("database migrations applied");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "database migration failed; retrying"),
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    });
+}
+
 async fn stopped(mut rx: watch::Receiver<bool>) {
     while !*rx.borrow() {
         if rx.changed().await.is_err() {
@@ -225,7 +293,9 @@ fn spawn_health_monitor(
         let service = "envoy.service.auth.v3.Authorization";
         let mut last = None;
         loop {
-            let ready = state.readiness().await.ready();
+            // The gRPC health of the Check service follows what Check needs:
+            // a database outage must not make Envoy stop asking us.
+            let ready = state.readiness().await.can_decide();
             if last != Some(ready) {
                 let status = if ready {
                     ServingStatus::Serving

@@ -48,6 +48,11 @@ pub enum Command {
         #[arg(long, env = "TWOFA_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Print an `otpauth://` URI (e.g. from `POST /user/generate-totp`) as a
+    /// QR code in the terminal, to scan with an authenticator app. Reads the
+    /// URI from standard input when none (or `-`) is given. Needs no
+    /// configuration.
+    Qr { uri: Option<String> },
 }
 
 pub const EXIT_RUNTIME: i32 = 1;
@@ -56,11 +61,15 @@ pub const EXIT_CONFIG: i32 = 2;
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if let Command::Qr { uri } = &cli.command {
+        return crate::factor::qr::print_to_terminal(uri.as_deref());
+    }
     let (path, dev) = match &cli.command {
         Command::Serve { config, dev } => (config.clone(), *dev),
         Command::Migrate { config, .. }
         | Command::ResetUser { config, .. }
         | Command::CheckConfig { config } => (config.clone(), false),
+        Command::Qr { .. } => (None, false),
     };
     let cfg = match config::load(path.as_deref(), std::env::vars(), dev) {
         Ok(c) => c,
@@ -86,7 +95,7 @@ pub fn main() -> i32 {
             Command::Serve { .. } => serve(cfg).await,
             Command::Migrate { reencrypt, .. } => crate::admin::migrate(cfg, reencrypt).await,
             Command::ResetUser { sub, .. } => crate::admin::reset_user(cfg, &sub).await,
-            Command::CheckConfig { .. } => 0,
+            Command::CheckConfig { .. } | Command::Qr { .. } => 0,
         }
     })
 }

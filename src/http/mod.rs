@@ -4,6 +4,7 @@
 mod dev;
 mod forward;
 mod health;
+mod logout;
 pub mod problem;
 mod user;
 
@@ -31,7 +32,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/authz", any(forward::authz))
-        .route("/authz/{*rest}", any(forward::authz));
+        .route("/authz/{*rest}", any(forward::authz))
+        .route("/keycloak/backchannel-logout", post(logout::backchannel_logout));
     if state.dev.is_some() {
         r = r.route("/dev/token", post(dev::token));
     }

@@ -3,9 +3,13 @@
 //! from the integration tests, against real servers).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Factor, SessionIds, SessionStore, Verified};
+use super::{
+    EphemeralStore, Factor, Profile, ProfileStore, ResetReport, SessionIds, SessionStore,
+    TotpRecord, Verified,
+};
 
 /// `advance(secs)` must move the store's notion of time forward: a manual
 /// clock for the memory store, a real sleep for Redis (whose TTLs are its own).
@@ -82,6 +86,31 @@ where
     assert_eq!(store.get(&a1.session).await.expect("get"), Some(v));
     assert!(!store.remove_sid(&b3.sid).await.expect("remove_sid again"));
 
+    // Concurrent lookups each get their own session's answer (the Redis
+    // store coalesces them into one MGET).
+    let many: Vec<(SessionIds, Verified)> = (0..40)
+        .map(|i| {
+            let factor = [Factor::Totp, Factor::Email, Factor::Sms, Factor::Recovery][i % 4];
+            (
+                SessionIds::new(iss, &format!("user-{i}"), "s"),
+                Verified {
+                    factor,
+                    at: now + i as i64,
+                },
+            )
+        })
+        .collect();
+    for (ids, v) in many.iter().step_by(2) {
+        store.put(ids, *v, ttl).await.expect("put");
+    }
+    let answers =
+        futures::future::join_all(many.iter().map(|(ids, _)| store.get(&ids.session))).await;
+    for (i, ((ids, v), got)) in many.iter().zip(answers).enumerate() {
+        let expect = if i % 2 == 0 { Some(*v) } else { None };
+        assert_eq!(got.expect("concurrent get"), expect, "session {i}");
+        store.remove(ids).await.expect("cleanup");
+    }
+
     // Entries expire with their TTL.
     store
         .put(&b3, v, Duration::from_secs(1))
@@ -108,15 +137,24 @@ where
     assert_eq!(store.ttl(&k("a")).await.expect("ttl"), None);
 
     store.set(&k("a"), "one", min).await.expect("set");
-    assert_eq!(store.get(&k("a")).await.expect("get").as_deref(), Some("one"));
+    assert_eq!(
+        store.get(&k("a")).await.expect("get").as_deref(),
+        Some("one")
+    );
     let ttl = store.ttl(&k("a")).await.expect("ttl").expect("has a ttl");
     assert!(ttl <= min && ttl >= Duration::from_secs(58), "ttl {ttl:?}");
     store.set(&k("a"), "two", min).await.expect("overwrite");
-    assert_eq!(store.get(&k("a")).await.expect("get").as_deref(), Some("two"));
+    assert_eq!(
+        store.get(&k("a")).await.expect("get").as_deref(),
+        Some("two")
+    );
 
     // set_nx only sets what is absent.
     assert!(!store.set_nx(&k("a"), "three", min).await.expect("set_nx"));
-    assert_eq!(store.get(&k("a")).await.expect("get").as_deref(), Some("two"));
+    assert_eq!(
+        store.get(&k("a")).await.expect("get").as_deref(),
+        Some("two")
+    );
     assert!(store.set_nx(&k("b"), "b", min).await.expect("set_nx"));
     assert_eq!(store.get(&k("b")).await.expect("get").as_deref(), Some("b"));
 
@@ -126,10 +164,16 @@ where
 
     // delete_if_eq deletes only the expected value.
     assert!(!store.delete_if_eq(&k("a"), "one").await.expect("cas"));
-    assert_eq!(store.get(&k("a")).await.expect("get").as_deref(), Some("two"));
+    assert_eq!(
+        store.get(&k("a")).await.expect("get").as_deref(),
+        Some("two")
+    );
     assert!(store.delete_if_eq(&k("a"), "two").await.expect("cas"));
     assert!(!store.delete_if_eq(&k("a"), "two").await.expect("cas again"));
-    assert!(!store.delete_if_eq(&k("missing"), "x").await.expect("cas absent"));
+    assert!(!store
+        .delete_if_eq(&k("missing"), "x")
+        .await
+        .expect("cas absent"));
 
     // N concurrent consumers of one value: exactly one wins.
     store.set(&k("code"), "h", min).await.expect("set");
@@ -149,10 +193,23 @@ where
     assert_eq!(wins, 1, "one value consumed exactly once");
 
     // Counters: created with a TTL that later increments do not extend.
-    assert_eq!(store.incr(&k("n"), Duration::from_secs(2)).await.expect("incr"), 1);
+    assert_eq!(
+        store
+            .incr(&k("n"), Duration::from_secs(2))
+            .await
+            .expect("incr"),
+        1
+    );
     assert_eq!(store.incr(&k("n"), min).await.expect("incr"), 2);
-    let ttl = store.ttl(&k("n")).await.expect("ttl").expect("counter has a ttl");
-    assert!(ttl <= Duration::from_secs(2), "incr must not extend the ttl: {ttl:?}");
+    let ttl = store
+        .ttl(&k("n"))
+        .await
+        .expect("ttl")
+        .expect("counter has a ttl");
+    assert!(
+        ttl <= Duration::from_secs(2),
+        "incr must not extend the ttl: {ttl:?}"
+    );
     let tasks: Vec<_> = (0..10)
         .map(|_| {
             let s = store.clone();
@@ -165,21 +222,45 @@ where
         seen.push(t.await.expect("join"));
     }
     seen.sort_unstable();
-    assert_eq!(seen, (3..=12).collect::<Vec<u64>>(), "increments are atomic");
+    assert_eq!(
+        seen,
+        (3..=12).collect::<Vec<u64>>(),
+        "increments are atomic"
+    );
 
     // Everything expires with its TTL.
-    store.set(&k("short"), "x", Duration::from_secs(1)).await.expect("set");
-    assert!(store.set_nx(&k("short-nx"), "x", Duration::from_secs(1)).await.expect("set_nx"));
+    store
+        .set(&k("short"), "x", Duration::from_secs(1))
+        .await
+        .expect("set");
+    assert!(store
+        .set_nx(&k("short-nx"), "x", Duration::from_secs(1))
+        .await
+        .expect("set_nx"));
     advance(3).await;
     assert_eq!(store.get(&k("short")).await.expect("get"), None, "expired");
     assert_eq!(store.ttl(&k("short")).await.expect("ttl"), None);
-    assert_eq!(store.get(&k("n")).await.expect("get"), None, "counter expired");
-    assert!(!store.delete_if_eq(&k("short"), "x").await.expect("cas expired"));
+    assert_eq!(
+        store.get(&k("n")).await.expect("get"),
+        None,
+        "counter expired"
+    );
+    assert!(!store
+        .delete_if_eq(&k("short"), "x")
+        .await
+        .expect("cas expired"));
     assert!(
-        store.set_nx(&k("short-nx"), "y", min).await.expect("set_nx"),
+        store
+            .set_nx(&k("short-nx"), "y", min)
+            .await
+            .expect("set_nx"),
         "an expired key is absent for set_nx"
     );
-    assert_eq!(store.incr(&k("n"), min).await.expect("incr"), 1, "a new counter");
+    assert_eq!(
+        store.incr(&k("n"), min).await.expect("incr"),
+        1,
+        "a new counter"
+    );
     for name in ["a", "short-nx", "n", "code"] {
         store.delete(&k(name)).await.expect("cleanup");
     }
@@ -219,7 +300,10 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
     let mut other = profile(&alice, now + 1);
     other.username = Some("mallory".into());
     assert!(!store.create_profile(&other).await.expect("create twice"));
-    assert_eq!(store.get_profile(&alice).await.expect("get"), Some(p.clone()));
+    assert_eq!(
+        store.get_profile(&alice).await.expect("get"),
+        Some(p.clone())
+    );
     p.mobile = Some("+14155550123".into());
     p.mobile_verified = true;
     p.pending_mobile = None;
@@ -228,10 +312,19 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
     p.first_name = Some("Ünïcödé 'quoted' \"name\"".into());
     p.updated_at = now + 10;
     assert!(store.update_profile(&p).await.expect("update"));
-    assert_eq!(store.get_profile(&alice).await.expect("get"), Some(p.clone()));
-    assert!(!store.update_profile(&profile(&bob, now)).await.expect("update absent"));
+    assert_eq!(
+        store.get_profile(&alice).await.expect("get"),
+        Some(p.clone())
+    );
+    assert!(!store
+        .update_profile(&profile(&bob, now))
+        .await
+        .expect("update absent"));
     assert_eq!(store.get_profile(&bob).await.expect("get"), None);
-    assert!(store.create_profile(&profile(&bob, now)).await.expect("create bob"));
+    assert!(store
+        .create_profile(&profile(&bob, now))
+        .await
+        .expect("create bob"));
 
     // Concurrent creation of one profile: exactly one wins.
     let carol = format!("{ns}-carol");
@@ -258,8 +351,14 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
     assert!(store.insert_totp(&alice, &rec).await.expect("insert"));
     let mut rec2 = rec.clone();
     rec2.ciphertext = vec![9; 40];
-    assert!(!store.insert_totp(&alice, &rec2).await.expect("insert twice"));
-    assert_eq!(store.get_totp(&alice).await.expect("get"), Some(rec.clone()));
+    assert!(!store
+        .insert_totp(&alice, &rec2)
+        .await
+        .expect("insert twice"));
+    assert_eq!(
+        store.get_totp(&alice).await.expect("get"),
+        Some(rec.clone())
+    );
     assert_eq!(store.get_totp(&bob).await.expect("get bob"), None);
     let all = store.all_totp().await.expect("all");
     assert!(all.contains(&(alice.clone(), rec.clone())));
@@ -268,10 +367,19 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
         key_id: "k2".into(),
         enabled_at: now,
     };
-    assert!(!store.reencrypt_totp(&alice, &rec2, &new).await.expect("cas stale"));
+    assert!(!store
+        .reencrypt_totp(&alice, &rec2, &new)
+        .await
+        .expect("cas stale"));
     assert!(store.reencrypt_totp(&alice, &rec, &new).await.expect("cas"));
-    assert_eq!(store.get_totp(&alice).await.expect("get"), Some(new.clone()));
-    assert!(!store.reencrypt_totp(&alice, &rec, &new).await.expect("cas again"));
+    assert_eq!(
+        store.get_totp(&alice).await.expect("get"),
+        Some(new.clone())
+    );
+    assert!(!store
+        .reencrypt_totp(&alice, &rec, &new)
+        .await
+        .expect("cas again"));
     assert!(store.delete_totp(&alice).await.expect("delete"));
     assert!(!store.delete_totp(&alice).await.expect("delete again"));
     assert_eq!(store.get_totp(&alice).await.expect("get"), None);
@@ -282,9 +390,15 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
     assert!(!store.accept_totp_step(&alice, 100).await.expect("replay"));
     assert!(!store.accept_totp_step(&alice, 99).await.expect("older"));
     assert!(store.accept_totp_step(&alice, 101).await.expect("newer"));
-    assert!(store.accept_totp_step(&bob, 100).await.expect("per subject"));
+    assert!(store
+        .accept_totp_step(&bob, 100)
+        .await
+        .expect("per subject"));
     assert!(store.insert_totp(&alice, &rec).await.expect("re-enroll"));
-    assert!(!store.accept_totp_step(&alice, 101).await.expect("replay after re-enroll"));
+    assert!(!store
+        .accept_totp_step(&alice, 101)
+        .await
+        .expect("replay after re-enroll"));
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let s = store.clone();
@@ -299,9 +413,16 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
     assert_eq!(accepted, 1, "a time step is accepted once");
 
     // Recovery codes.
-    assert!(store.recovery_codes(&alice).await.expect("codes").is_empty());
+    assert!(store
+        .recovery_codes(&alice)
+        .await
+        .expect("codes")
+        .is_empty());
     let hashes: Vec<String> = (0..10).map(|i| format!("$argon2id$hash-{i}")).collect();
-    store.replace_recovery_codes(&alice, &hashes).await.expect("replace");
+    store
+        .replace_recovery_codes(&alice, &hashes)
+        .await
+        .expect("replace");
     let codes = store.recovery_codes(&alice).await.expect("codes");
     assert_eq!(codes.len(), 10);
     let mut got: Vec<String> = codes.iter().map(|(_, h)| h.clone()).collect();
@@ -310,7 +431,10 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
     want.sort();
     assert_eq!(got, want);
     let (id, _) = codes[0].clone();
-    assert!(!store.spend_recovery_code(&bob, id).await.expect("other subject"));
+    assert!(!store
+        .spend_recovery_code(&bob, id)
+        .await
+        .expect("other subject"));
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let s = store.clone();
@@ -371,10 +495,17 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
         }
     );
     assert_eq!(store.get_totp(&alice).await.expect("get"), None);
-    assert!(store.recovery_codes(&alice).await.expect("codes").is_empty());
+    assert!(store
+        .recovery_codes(&alice)
+        .await
+        .expect("codes")
+        .is_empty());
     assert_eq!(store.failures(&alice).await.expect("failures"), 0);
     assert_eq!(store.get_profile(&alice).await.expect("get"), Some(p));
-    assert!(!store.accept_totp_step(&alice, 500).await.expect("replay after reset"));
+    assert!(!store
+        .accept_totp_step(&alice, 500)
+        .await
+        .expect("replay after reset"));
     assert_eq!(store.recovery_codes(&bob).await.expect("codes").len(), 2);
     assert_eq!(
         store.reset_user(&alice).await.expect("reset again"),
@@ -386,10 +517,8 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
 mod tests {
     use std::sync::Arc;
 
-    use crate::store::memory::MemoryEphemeralStore;
-
     use crate::clock::{Clock, ManualClock};
-    use crate::store::memory::MemorySessionStore;
+    use crate::store::memory::{MemoryEphemeralStore, MemorySessionStore};
 
     #[tokio::test]
     async fn memory_session_store_conforms() {

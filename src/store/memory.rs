@@ -146,3 +146,117 @@ impl SessionStore for MemorySessionStore {
         Ok(())
     }
 }
+
+/// Short-lived key/value state in process memory. Expiry is by the injected
+/// clock (whole seconds, like the session store) so tests can move time.
+pub struct MemoryEphemeralStore {
+    entries: Mutex<HashMap<String, (String, i64)>>,
+    clock: SharedClock,
+}
+
+impl MemoryEphemeralStore {
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            clock,
+        }
+    }
+}
+
+/// Expiry time for a TTL. A TTL under one second still lives one second:
+/// rounding it to zero would make the key vanish before anyone reads it.
+fn expiry(now: i64, ttl: Duration) -> i64 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    now.saturating_add(secs.max(1) as i64)
+}
+
+/// The live value of `key`, dropping it first if it has expired.
+fn live<'a>(
+    map: &'a mut HashMap<String, (String, i64)>,
+    key: &str,
+    now: i64,
+) -> Option<&'a mut (String, i64)> {
+    if map.get(key).is_some_and(|(_, exp)| *exp <= now) {
+        map.remove(key);
+    }
+    map.get_mut(key)
+}
+
+fn insert(map: &mut HashMap<String, (String, i64)>, key: &str, value: String, exp: i64, now: i64) {
+    if map.len() >= SWEEP_AT {
+        map.retain(|_, (_, e)| *e > now);
+    }
+    map.insert(key.to_string(), (value, exp));
+}
+
+#[async_trait]
+impl super::EphemeralStore for MemoryEphemeralStore {
+    async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let now = self.clock.now();
+        let mut g = self.entries.lock();
+        Ok(live(&mut g, key, now).map(|(v, _)| v.clone()))
+    }
+
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let mut g = self.entries.lock();
+        insert(&mut g, key, value.to_string(), expiry(now, ttl), now);
+        Ok(())
+    }
+
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let mut g = self.entries.lock();
+        if live(&mut g, key, now).is_some() {
+            return Ok(false);
+        }
+        insert(&mut g, key, value.to_string(), expiry(now, ttl), now);
+        Ok(true)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let mut g = self.entries.lock();
+        let was_live = live(&mut g, key, now).is_some();
+        g.remove(key);
+        Ok(was_live)
+    }
+
+    async fn delete_if_eq(&self, key: &str, expected: &str) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        // One lock around compare and delete: the atomicity the trait promises.
+        let mut g = self.entries.lock();
+        match live(&mut g, key, now) {
+            Some((v, _)) if crate::crypto::ct_eq(v.as_bytes(), expected.as_bytes()) => {
+                g.remove(key);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn incr(&self, key: &str, ttl: Duration) -> Result<u64, StoreError> {
+        let now = self.clock.now();
+        let mut g = self.entries.lock();
+        if let Some((v, _)) = live(&mut g, key, now) {
+            let n = v
+                .parse::<u64>()
+                .map_err(|_| StoreError::Corrupt(format!("counter {key} is not a number")))?
+                .saturating_add(1);
+            *v = n.to_string();
+            return Ok(n);
+        }
+        insert(&mut g, key, "1".to_string(), expiry(now, ttl), now);
+        Ok(1)
+    }
+
+    async fn ttl(&self, key: &str) -> Result<Option<Duration>, StoreError> {
+        let now = self.clock.now();
+        let mut g = self.entries.lock();
+        Ok(live(&mut g, key, now).map(|(_, exp)| Duration::from_secs((*exp - now).max(0) as u64)))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -10,9 +10,13 @@
 //! Implementations live beside the traits; `conformance` holds the one test
 //! suite per trait that every implementation must pass.
 
+mod batch;
 pub mod conformance;
 pub mod memory;
+pub mod migrations;
+pub mod postgres;
 pub mod redis;
+pub mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +113,42 @@ pub fn session_store(
             pool,
             cfg.key_prefix.clone(),
         )))
+    }
+}
+
+/// The short-lived state store named by `storage.redis_url`. Its Redis pool
+/// is separate from the session store's, so that a burst of `/user` traffic
+/// cannot starve the Check path of connections.
+pub fn ephemeral_store(
+    cfg: &StorageConfig,
+    clock: SharedClock,
+) -> Result<Arc<dyn EphemeralStore>, String> {
+    let url = cfg.redis_url.expose();
+    if url == "memory://" {
+        Ok(Arc::new(memory::MemoryEphemeralStore::new(clock)))
+    } else {
+        let pool = redis::pool(url, cfg.pool_size)?;
+        Ok(Arc::new(redis::RedisEphemeralStore::new(
+            pool,
+            cfg.key_prefix.clone(),
+        )))
+    }
+}
+
+/// The profile store named by `storage.database_url`. Nothing is connected
+/// yet: a database that is down at start makes `/user` answer 503 until it
+/// is back.
+pub fn profile_store(cfg: &StorageConfig) -> Result<Arc<dyn ProfileStore>, String> {
+    let url = cfg.database_url.expose();
+    if url.starts_with("sqlite://") {
+        Ok(Arc::new(sqlite::SqliteProfileStore::new(url)?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresProfileStore::new(
+            url,
+            cfg.pool_size,
+        )?))
+    } else {
+        Err("storage.database_url: must be postgres://… or sqlite://PATH".into())
     }
 }
 

@@ -10,10 +10,15 @@ use bb8_redis::redis::aio::MultiplexedConnection;
 use bb8_redis::RedisConnectionManager;
 use redis::{FromRedisValue, RedisError};
 
+use super::batch::GetBatcher;
 use super::{SessionIds, SessionStore, StoreError, Verified};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(1000);
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// bb8 waits this long for a connection when none is idle, even when every
+/// connect attempt is refused at once: it bounds how long a Check waits
+/// before answering 503 while Redis is down. A healthy connect (TLS
+/// included) takes a few milliseconds.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// A multiplexed connection that remembers it failed. bb8-redis never reports
 /// a connection as broken, so without this a pool would keep handing out
@@ -59,6 +64,8 @@ pub fn pool(url: &str, size: u32) -> Result<Pool, String> {
         .test_on_check_out(false)
         .connection_timeout(CONNECT_TIMEOUT)
         .retry_connection(false)
+        // Warm connections, so a Check rarely waits for a connect.
+        .min_idle(Some(2))
         .build_unchecked(Manager(mgr)))
 }
 
@@ -105,11 +112,15 @@ pub enum Req<'a> {
 pub struct RedisSessionStore {
     pool: Pool,
     prefix: String,
+    /// The hot-path lookup, coalesced across concurrent Checks.
+    gets: GetBatcher,
 }
 
 impl RedisSessionStore {
+    /// Needs a Tokio runtime: it starts the lookup batcher.
     pub fn new(pool: Pool, prefix: String) -> Self {
-        Self { pool, prefix }
+        let gets = GetBatcher::spawn(pool.clone());
+        Self { pool, prefix, gets }
     }
 
     fn session_key(&self, session: &str) -> String {
@@ -148,9 +159,7 @@ return redis.call('DEL', ARGV[1] .. h)
 #[async_trait]
 impl SessionStore for RedisSessionStore {
     async fn get(&self, session: &str) -> Result<Option<Verified>, StoreError> {
-        let mut c = redis::cmd("GET");
-        c.arg(self.session_key(session));
-        let raw: Option<Vec<u8>> = run(&self.pool, Req::Cmd(&c)).await?;
+        let raw = self.gets.get(self.session_key(session)).await?;
         match raw {
             None => Ok(None),
             Some(b) => serde_json::from_slice(&b)
@@ -221,6 +230,115 @@ impl SessionStore for RedisSessionStore {
             .arg(format!("{}sv:", self.prefix));
         let n: u64 = run(&self.pool, Req::Script(&inv)).await?;
         Ok(n > 0)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let c = redis::cmd("PING");
+        let _: String = run(&self.pool, Req::Cmd(&c)).await?;
+        Ok(())
+    }
+}
+
+/// Short-lived key/value state in Redis: every key gets `storage.key_prefix`
+/// and a TTL, in millisecond precision.
+pub struct RedisEphemeralStore {
+    pool: Pool,
+    prefix: String,
+}
+
+impl RedisEphemeralStore {
+    pub fn new(pool: Pool, prefix: String) -> Self {
+        Self { pool, prefix }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{}", self.prefix, key)
+    }
+}
+
+fn millis(ttl: Duration) -> u64 {
+    // PX 0 is an error in Redis; anything below a millisecond lives one.
+    (ttl.as_millis() as u64).max(1)
+}
+
+/// Compare-and-delete in one step: two verifications of the same code cannot
+/// both see it present and both delete it.
+const DELETE_IF_EQ: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// INCR that gives a new counter its TTL. The TTL is also set when a counter
+/// somehow has none, so that no key ever lives forever.
+const INCR_WITH_TTL: &str = r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return n
+"#;
+
+#[async_trait]
+impl super::EphemeralStore for RedisEphemeralStore {
+    async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut c = redis::cmd("GET");
+        c.arg(self.key(key));
+        run(&self.pool, Req::Cmd(&c)).await
+    }
+
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        let mut c = redis::cmd("SET");
+        c.arg(self.key(key)).arg(value).arg("PX").arg(millis(ttl));
+        run::<()>(&self.pool, Req::Cmd(&c)).await
+    }
+
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut c = redis::cmd("SET");
+        c.arg(self.key(key))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl));
+        let r: Option<String> = run(&self.pool, Req::Cmd(&c)).await?;
+        Ok(r.is_some())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let mut c = redis::cmd("DEL");
+        c.arg(self.key(key));
+        let n: u64 = run(&self.pool, Req::Cmd(&c)).await?;
+        Ok(n > 0)
+    }
+
+    async fn delete_if_eq(&self, key: &str, expected: &str) -> Result<bool, StoreError> {
+        let script = redis::Script::new(DELETE_IF_EQ);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(key)).arg(expected);
+        let n: u64 = run(&self.pool, Req::Script(&inv)).await?;
+        Ok(n > 0)
+    }
+
+    async fn incr(&self, key: &str, ttl: Duration) -> Result<u64, StoreError> {
+        let script = redis::Script::new(INCR_WITH_TTL);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(key)).arg(millis(ttl));
+        run(&self.pool, Req::Script(&inv)).await
+    }
+
+    async fn ttl(&self, key: &str) -> Result<Option<Duration>, StoreError> {
+        let mut c = redis::cmd("PTTL");
+        c.arg(self.key(key));
+        let ms: i64 = run(&self.pool, Req::Cmd(&c)).await?;
+        Ok(match ms {
+            // -2: no such key.
+            -2 => None,
+            // -1: a key without a TTL, which this store never writes; report
+            // it as long-lived rather than as absent.
+            -1 => Some(Duration::from_secs(u64::from(u32::MAX))),
+            ms => Some(Duration::from_millis(ms.max(0) as u64)),
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -24,8 +24,19 @@ macro_rules! scenarios_through {
 
 mod check_envoy;
 mod check_nginx;
+mod cli;
 mod decisions;
+mod dev_walkthrough;
 mod forward_auth;
 mod harness;
 mod keys;
+mod logout;
 mod service;
+mod session_store;
+mod stores;
+mod user_common;
+mod user_contact;
+mod user_inputs;
+mod user_login;
+mod user_resilience;
+mod user_totp;

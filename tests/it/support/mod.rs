@@ -8,12 +8,18 @@
 pub mod app;
 pub mod envoy;
 pub mod http;
+pub mod kc_admin;
 pub mod keycloak;
 pub mod nginx;
 pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod resend;
+pub mod sms_webhook;
+pub mod smtp;
+pub mod standin;
+pub mod twilio;
 pub mod upstream;
 
 use std::time::Duration;

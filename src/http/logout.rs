@@ -1,0 +1,123 @@
+//! OIDC Back-Channel Logout 1.0 (https://openid.net/specs/openid-connect-backchannel-1_0.html):
+//! Keycloak posts a signed logout token when a session ends; the session's
+//! second-factor state is deleted at once, everywhere (it lives in the shared
+//! session store).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::header::CACHE_CONTROL;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::app::AppState;
+use crate::error::Error;
+use crate::store::SessionIds;
+use crate::token::{sid_hash, subject_hash, TokenError};
+
+/// Section 2.4: the event that marks a logout token.
+const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// Logout tokens without `exp` are accepted for this long after `iat`.
+const DEFAULT_LIFETIME: i64 = 300;
+
+#[derive(Deserialize)]
+struct Form {
+    logout_token: String,
+}
+
+#[derive(Deserialize, Clone)]
+struct LogoutClaims {
+    iss: String,
+    sub: Option<String>,
+    sid: Option<String>,
+    iat: Option<i64>,
+    exp: Option<i64>,
+    jti: Option<String>,
+    typ: Option<String>,
+    events: Option<Map<String, Value>>,
+    nonce: Option<Value>,
+}
+
+pub async fn backchannel_logout(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let result = handle(&state, &body).await;
+    let label = match &result {
+        Ok(()) => "success",
+        Err(Error::InvalidLogoutToken(_)) => "invalid",
+        Err(_) => "error",
+    };
+    state.metrics.backchannel_logouts.with_label_values(&[label]).inc();
+    match result {
+        // Section 2.8: 200 on success, and the response must not be cached.
+        Ok(()) => (StatusCode::OK, [(CACHE_CONTROL, "no-store")]).into_response(),
+        Err(e) => {
+            if let Error::InvalidLogoutToken(why) = &e {
+                tracing::info!(reason = why, "refused a back-channel logout token");
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn handle(state: &AppState, body: &[u8]) -> Result<(), Error> {
+    let form: Form =
+        serde_urlencoded::from_bytes(body).map_err(|_| Error::InvalidLogoutToken("not a logout_token form"))?;
+    let v = state.authz.validator();
+    let claims: LogoutClaims = match v.verify_signature(&form.logout_token, v.allowed_clients()).await {
+        Ok(c) => c,
+        Err(TokenError::Invalid(why)) => return Err(Error::InvalidLogoutToken(why)),
+        Err(TokenError::Unavailable(_)) => return Err(Error::AuthzUnavailable("signing keys not loaded")),
+    };
+    let now = state.clock.now();
+    let leeway = v.leeway();
+    let iat = claims.iat.ok_or(Error::InvalidLogoutToken("no iat"))?;
+    if iat - leeway > now {
+        return Err(Error::InvalidLogoutToken("issued in the future"));
+    }
+    let exp = claims.exp.unwrap_or(iat + DEFAULT_LIFETIME);
+    if exp + leeway <= now {
+        return Err(Error::InvalidLogoutToken("expired"));
+    }
+    // Keycloak marks its logout tokens typ=Logout; an access or ID token
+    // must never be usable as a logout token.
+    if claims.typ.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("logout")) {
+        return Err(Error::InvalidLogoutToken("not a logout token"));
+    }
+    if !claims.events.as_ref().is_some_and(|e| e.get(LOGOUT_EVENT).is_some_and(Value::is_object)) {
+        return Err(Error::InvalidLogoutToken("no back-channel logout event"));
+    }
+    if claims.nonce.is_some() {
+        return Err(Error::InvalidLogoutToken("has a nonce"));
+    }
+    let bounded = |s: &Option<String>| s.as_ref().is_some_and(|s| !s.is_empty() && s.len() <= 1024);
+    let (sub, sid) = (claims.sub.filter(|_| true), claims.sid.filter(|_| true));
+    if !bounded(&sub) && !bounded(&sid) {
+        return Err(Error::InvalidLogoutToken("neither sub nor sid"));
+    }
+    let jti = claims.jti.filter(|j| !j.is_empty() && j.len() <= 1024).ok_or(Error::InvalidLogoutToken("no jti"))?;
+
+    // Section 2.6: a jti seen before within the token's lifetime is a replay.
+    let jti_key = format!("jti:{}", sid_hash(&claims.iss, &jti));
+    let ttl = Duration::from_secs((exp + leeway - now).clamp(60, 86_400) as u64);
+    let fresh = state.ephemeral.set_nx(&jti_key, "1", ttl).await.map_err(|e| Error::StorageUnavailable(e.to_string()))?;
+    if !fresh {
+        return Err(Error::InvalidLogoutToken("replayed"));
+    }
+    let removed = match (&sub, &sid) {
+        (Some(sub), Some(sid)) => state.sessions.remove(&SessionIds::new(&claims.iss, sub, sid)).await,
+        (None, Some(sid)) => state.sessions.remove_sid(&sid_hash(&claims.iss, sid)).await,
+        (Some(sub), None) => state.sessions.remove_subject(&subject_hash(&claims.iss, sub)).await.map(|n| n > 0),
+        (None, None) => Ok(false),
+    };
+    match removed {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // Let Keycloak (or an operator) retry the same token.
+            let _ = state.ephemeral.delete(&jti_key).await;
+            Err(Error::StorageUnavailable(e.to_string()))
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The `/user` API of INTERFACE.md section 5: profiles and contacts
+//! (`profile`), codes by email and SMS (`otp`), TOTP (`totp`) and recovery
+//! codes (`recovery`). Every route needs a valid
+//! bearer token ([`Auth`]); the profile belongs to the token's `sub`.
+
+mod contact;
+mod otp;
+mod profile;
+mod recovery;
+mod totp;
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use axum::Router;
+use http::request::Parts;
+
+use crate::app::AppState;
+use crate::authz::bearer;
+use crate::error::Error;
+use crate::store::Profile;
+use crate::token::{Identity, TokenError};
+
+pub use contact::{normalize_email, normalize_mobile};
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/user",
+            post(profile::create)
+                .get(profile::get)
+                .patch(profile::patch),
+        )
+        .route("/user/send-otp", post(otp::send))
+        .route("/user/verify-otp", post(otp::verify))
+        .route("/user/generate-totp", post(totp::generate))
+        .route("/user/verify-totp", post(totp::verify))
+        .route("/user/totp", delete(totp::remove))
+        .route("/user/verify-recovery-code", post(recovery::verify))
+        .route("/user/recovery-codes", post(recovery::regenerate))
+}
+
+/// The validated access token of the request. Rejections are those of the
+/// Check path: 401 with `www-authenticate` for a missing or invalid token,
+/// 503 when the signing keys are not available.
+pub struct Auth(pub Arc<Identity>);
+
+impl FromRequestParts<Arc<AppState>> for Auth {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Response> {
+        let header = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let result = match bearer(header) {
+            Ok(None) => Err(Error::MissingToken),
+            Err(why) => Err(Error::InvalidToken(why)),
+            Ok(Some(t)) => match state.authz.validator().validate(t).await {
+                Ok(id) => Ok(id),
+                Err(TokenError::Invalid(why)) => Err(Error::InvalidToken(why)),
+                Err(TokenError::Unavailable(why)) => Err(Error::AuthzUnavailable(why)),
+            },
+        };
+        result.map(Auth).map_err(|e| {
+            crate::http::problem::response(&e, state.authz.www_authenticate(&e)).into_response()
+        })
+    }
+}
+
+/// The token's profile, 404 `profile_not_found` when there is none yet.
+pub async fn load_profile(state: &AppState, id: &Identity) -> Result<Profile, Error> {
+    state
+        .profiles
+        .get_profile(&id.sub)
+        .await?
+        .ok_or(Error::ProfileNotFound)
+}
