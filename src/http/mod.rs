@@ -33,7 +33,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/authz", any(forward::authz))
         .route("/authz/{*rest}", any(forward::authz))
-        .route("/keycloak/backchannel-logout", post(logout::backchannel_logout));
+        .route(
+            "/keycloak/backchannel-logout",
+            post(logout::backchannel_logout),
+        );
     if state.dev.is_some() {
         r = r.route("/dev/token", post(dev::token));
     }
