@@ -131,6 +131,16 @@ pub async fn reset_user(cfg: Config, sub: &str) -> i32 {
             return crate::cli::EXIT_RUNTIME;
         }
     };
+    // Derived, short-lived state of the old enrollment: an unconfirmed TOTP
+    // secret and the methods hint a Check's 403 lists.
+    let pending = eph
+        .delete(&crate::factor::totp::pending_key(&subject))
+        .await
+        .unwrap_or(false);
+    let _ = eph.delete(&crate::authz::methods_hint_key(&subject)).await;
+    if pending {
+        println!("reset {sub}: removed a pending (unconfirmed) TOTP secret");
+    }
     println!(
         "reset {sub}: TOTP {}, {} recovery code(s) removed, failure count {}, lockout {}, removed {n} verified session(s)",
         if report.totp { "removed" } else { "not enrolled" },

@@ -145,6 +145,7 @@ impl AppState {
             &cfg,
             Arc::new(validator),
             sessions.clone(),
+            ephemeral.clone(),
             clock.clone(),
         ));
         Ok(Arc::new(Self {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::clock::SharedClock;
 use crate::config::{Config, Requirement};
 use crate::error::Error;
-use crate::store::{SessionStore, Verified};
+use crate::store::{EphemeralStore, SessionStore, Verified};
 use crate::token::{Identity, TokenError, Validator};
 
 pub use policy::{Need, Policy, EXT_MAX_AGE, EXT_REQUIRE};
@@ -159,10 +159,17 @@ pub fn bearer(header: Option<&str>) -> Result<Option<&str>, &'static str> {
     Ok(Some(token))
 }
 
+/// Where the `/user` API leaves the methods a user can use, for the 403
+/// body of a Check (which must not read the database).
+pub fn methods_hint_key(subject_hash: &str) -> String {
+    format!("methods:{subject_hash}")
+}
+
 pub struct Authorizer {
     policy: Policy,
     validator: Arc<Validator>,
     sessions: Arc<dyn SessionStore>,
+    hints: Arc<dyn EphemeralStore>,
     clock: SharedClock,
     methods: Vec<String>,
     pub headers: IdentityHeaders,
@@ -175,6 +182,7 @@ impl Authorizer {
         cfg: &Config,
         validator: Arc<Validator>,
         sessions: Arc<dyn SessionStore>,
+        hints: Arc<dyn EphemeralStore>,
         clock: SharedClock,
     ) -> Self {
         let realm = validator.issuer().replace('"', "");
@@ -184,6 +192,7 @@ impl Authorizer {
             www_invalid: format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
             validator,
             sessions,
+            hints,
             clock,
             methods: cfg.security.methods.clone(),
             headers: IdentityHeaders::new(&cfg.policy.identity_header_prefix),
@@ -240,7 +249,35 @@ impl Authorizer {
             (Requirement::Token, SessionState::Unavailable) => SessionState::NotVerified,
             (_, s) => s,
         };
-        decide(need, token, session, now, &self.methods)
+        let identity = match &token {
+            TokenState::Valid(id) => Some(id.clone()),
+            _ => None,
+        };
+        match (decide(need, token, session, now, &self.methods), identity) {
+            (Decision::Deny(Error::SecondFactorRequired { .. }), Some(id)) => {
+                Decision::Deny(Error::SecondFactorRequired {
+                    methods: self.methods_of(&id).await,
+                })
+            }
+            (d, _) => d,
+        }
+    }
+
+    /// The methods this user can use, as the `/user` API last published
+    /// them; the operator's enabled methods when unknown (first visit, or
+    /// the hint store cannot answer: a denial never waits on it).
+    async fn methods_of(&self, id: &Identity) -> Vec<String> {
+        let key = methods_hint_key(&crate::token::subject_hash(&id.iss, &id.sub));
+        match self.hints.get(&key).await {
+            Ok(Some(json)) => match serde_json::from_str::<Vec<String>>(&json) {
+                Ok(list) => list
+                    .into_iter()
+                    .filter(|m| self.methods.contains(m))
+                    .collect(),
+                Err(_) => self.methods.clone(),
+            },
+            _ => self.methods.clone(),
+        }
     }
 
     async fn session_state(&self, id: &Identity) -> SessionState {

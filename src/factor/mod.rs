@@ -194,6 +194,19 @@ pub fn available_methods(state: &AppState, id: &Identity, p: &Profile, e: Enroll
     out
 }
 
+/// Leaves the user's available methods where a Check's 403 can list them
+/// without reading the database. Best effort: a stale or missing hint only
+/// changes which methods a denial suggests, never a decision.
+pub async fn publish_methods(state: &AppState, id: &Identity, methods: &[String]) {
+    let key = crate::authz::methods_hint_key(&user_key(id));
+    let ttl = std::time::Duration::from_secs(30 * 86_400);
+    if let Ok(json) = serde_json::to_string(methods) {
+        if let Err(e) = state.ephemeral.set(&key, &json, ttl).await {
+            tracing::debug!(error = %e, "could not publish the methods hint");
+        }
+    }
+}
+
 /// "Needs a verified session" (INTERFACE.md section 5): once the user has
 /// any second factor available, the call is refused with 403
 /// `second_factor_required` unless the token's session passed one. Every
@@ -206,6 +219,7 @@ pub async fn require_verified_session(
 ) -> Result<(), Error> {
     let e = enrolled(state, &id.sub).await?;
     let methods = available_methods(state, id, p, e);
+    publish_methods(state, id, &methods).await;
     if methods.is_empty() {
         return Ok(());
     }

@@ -31,6 +31,7 @@ mod forward_auth;
 mod harness;
 mod keys;
 mod logout;
+mod methods_hint;
 mod service;
 mod session_store;
 mod stores;

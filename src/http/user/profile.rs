@@ -30,6 +30,7 @@ fn bounded(s: &Option<String>) -> Option<String> {
 pub async fn render(state: &AppState, id: &Identity, p: &Profile) -> Result<Value, Error> {
     let e: Enrolled = factor::enrolled(state, &p.subject).await?;
     let methods = factor::available_methods(state, id, p, e);
+    factor::publish_methods(state, id, &methods).await;
     let session = factor::session_verified(state, id).await?;
     let ttl = state.cfg.security.second_factor_ttl.as_secs() as i64;
     let mut pending = serde_json::Map::new();
