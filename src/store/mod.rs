@@ -10,8 +10,8 @@
 //! Implementations live beside the traits; `conformance` holds the one test
 //! suite per trait that every implementation must pass.
 
-mod batch;
 pub mod conformance;
+mod hot;
 pub mod memory;
 pub mod migrations;
 pub mod postgres;
@@ -108,11 +108,11 @@ pub fn session_store(
     if url == "memory://" {
         Ok(Arc::new(memory::MemorySessionStore::new(clock)))
     } else {
-        let pool = redis::pool(url, cfg.pool_size)?;
-        Ok(Arc::new(redis::RedisSessionStore::new(
-            pool,
+        Ok(Arc::new(redis::RedisSessionStore::connect(
+            url,
+            cfg.pool_size,
             cfg.key_prefix.clone(),
-        )))
+        )?))
     }
 }
 

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use twofa_authz::store::redis::{pool, RedisSessionStore};
+use twofa_authz::store::redis::RedisSessionStore;
 
 use crate::support::redis::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_session_store_conforms() {
     let redis = RedisServer::start().await;
-    let store = RedisSessionStore::new(pool(&redis.url(), 4).expect("pool"), "conf:".into());
+    let store = RedisSessionStore::connect(&redis.url(), 4, "conf:".into()).expect("store");
     let now = crate::support::keycloak::now();
     // Redis keeps its own time: expiry is observed by waiting.
     twofa_authz::store::conformance::session_store(&store, now, |s| {
