@@ -87,7 +87,7 @@ where
     assert!(!store.remove_sid(&b3.sid).await.expect("remove_sid again"));
 
     // Concurrent lookups each get their own session's answer (the Redis
-    // store coalesces them into one MGET).
+    // store pipelines them over shared connections).
     let many: Vec<(SessionIds, Verified)> = (0..40)
         .map(|i| {
             let factor = [Factor::Totp, Factor::Email, Factor::Sms, Factor::Recovery][i % 4];
