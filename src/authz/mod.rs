@@ -151,9 +151,11 @@ pub fn bearer(header: Option<&str>) -> Result<Option<&str>, &'static str> {
     if token.is_empty() {
         return Ok(None);
     }
-    if !token.bytes().all(|b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=' | b'+' | b'/' | b'~')
-    }) {
+    // Two Authorization headers merged by the proxy ("Bearer a, Bearer b")
+    // or stray whitespace. Other bad characters need no scan on this hot
+    // path: such a token is never in the verified-token cache and fails JWT
+    // parsing, which answers invalid_token the same way.
+    if token.contains([',', ' ', '\t']) {
         return Err("malformed");
     }
     Ok(Some(token))
@@ -531,7 +533,7 @@ mod tests {
         assert_eq!(bearer(Some("bearer a.b.c")), Ok(Some("a.b.c")));
         assert_eq!(bearer(Some("BEARER a.b.c")), Ok(Some("a.b.c")));
         assert_eq!(bearer(Some("Bearer a.b.c, Bearer d.e.f")), Err("malformed"));
-        assert_eq!(bearer(Some("Bearer a\u{7f}b")), Err("malformed"));
+        assert_eq!(bearer(Some("Bearer a.b\tc")), Err("malformed"));
     }
 
     #[test]
