@@ -58,11 +58,7 @@ impl HotReader {
         match tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<Option<Vec<u8>>>(&mut c)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                if e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_timeout()
-                    || e.is_connection_refusal()
-                {
+                if super::redis::connection_failed(&e) {
                     *self.slots[i].lock() = None;
                 }
                 Err(StoreError::Unavailable(format!("redis: {e}")))

@@ -101,11 +101,7 @@ pub async fn run<T: FromRedisValue>(pool: &Pool, req: Req<'_>) -> Result<T, Stor
     match out {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
-            if e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_timeout()
-                || e.is_connection_refusal()
-            {
+            if connection_failed(&e) {
                 conn.broken = true;
             }
             Err(StoreError::Unavailable(format!("redis: {e}")))
@@ -115,6 +111,12 @@ pub async fn run<T: FromRedisValue>(pool: &Pool, req: Req<'_>) -> Result<T, Stor
             Err(StoreError::Unavailable("redis: timed out".into()))
         }
     }
+}
+
+/// Whether an error means the connection itself is gone (to be replaced),
+/// rather than a command that failed on a healthy connection.
+pub fn connection_failed(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal()
 }
 
 pub enum Req<'a> {
