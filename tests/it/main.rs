@@ -26,6 +26,7 @@ mod check_envoy;
 mod check_nginx;
 mod cli;
 mod decisions;
+mod deploy_envoy;
 mod dev_walkthrough;
 mod forward_auth;
 mod harness;

@@ -51,15 +51,20 @@ pub fn render_config(port: u16, admin_port: u16, targets: Targets) -> String {
 
 impl Envoy {
     pub async fn start(targets: Targets) -> Envoy {
+        let port = free_port();
+        let admin_port = free_port();
+        Envoy::run(render_config(port, admin_port, targets), port, admin_port).await
+    }
+
+    /// Runs an already rendered configuration whose listener is `port` and
+    /// whose admin interface is `admin_port`.
+    pub async fn run(config_text: String, port: u16, admin_port: u16) -> Envoy {
         let dir = tempfile::Builder::new()
             .prefix("twofa-envoy-")
             .tempdir()
             .expect("temp dir");
-        let port = free_port();
-        let admin_port = free_port();
         let config = dir.path().join("envoy.yaml");
-        std::fs::write(&config, render_config(port, admin_port, targets))
-            .expect("write envoy config");
+        std::fs::write(&config, config_text).expect("write envoy config");
         let mut cmd = Command::new(envoy_binary());
         cmd.arg("-c")
             .arg(&config)
