@@ -1,12 +1,13 @@
-//! The Check path's one Redis read, over a few long-lived multiplexed
-//! connections shared by all requests. redis-rs pipelines concurrent
-//! commands on a multiplexed connection by itself, so a pool checkout per
-//! Check (a lock, bookkeeping, a wakeup) buys nothing here and costs
-//! throughput. A connection that fails is dropped and reopened by the next
-//! call; while Redis is down every call fails at once (refused connect), so
-//! Checks answer 503 promptly.
+//! The Check path's one Redis read, over a single long-lived multiplexed
+//! connection shared by all requests. redis-rs pipelines concurrent commands
+//! on a multiplexed connection: the GETs of concurrent Checks leave in one
+//! write and their answers come back in one read. A pool checkout per Check
+//! (a lock, bookkeeping, a wakeup) would buy nothing here, and four
+//! connections measured ~15% slower than one at concurrency 32 (see
+//! BENCHMARKS.md). A connection that fails is dropped and reopened by the
+//! next call; while Redis is down every call fails at once (refused
+//! connect), so Checks answer 503 promptly.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -14,18 +15,12 @@ use redis::aio::MultiplexedConnection;
 
 use super::StoreError;
 
-/// One connection pipelines best: concurrent GETs leave in one write and
-/// their answers come back in one read (measured: 4 connections were ~15%
-/// slower at concurrency 32, see BENCHMARKS.md). A broken connection is
-/// replaced by the next call.
-const CONNECTIONS: usize = 1;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 const OP_TIMEOUT: Duration = Duration::from_millis(1000);
 
 pub struct HotReader {
     client: redis::Client,
-    slots: Vec<Mutex<Option<MultiplexedConnection>>>,
-    next: AtomicUsize,
+    conn: Mutex<Option<MultiplexedConnection>>,
 }
 
 impl HotReader {
@@ -34,15 +29,16 @@ impl HotReader {
             .map_err(|e| format!("storage.redis_url: {e}"))?;
         Ok(Self {
             client,
-            slots: (0..CONNECTIONS).map(|_| Mutex::new(None)).collect(),
-            next: AtomicUsize::new(0),
+            conn: Mutex::new(None),
         })
     }
 
-    async fn conn(&self, i: usize) -> Result<MultiplexedConnection, StoreError> {
-        if let Some(c) = self.slots[i].lock().clone() {
+    async fn conn(&self) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(c) = self.conn.lock().clone() {
             return Ok(c);
         }
+        // Concurrent callers may each connect once after a failure; the last
+        // one stored wins and the others' connections close when dropped.
         let c = tokio::time::timeout(
             CONNECT_TIMEOUT,
             self.client.get_multiplexed_async_connection(),
@@ -50,25 +46,24 @@ impl HotReader {
         .await
         .map_err(|_| StoreError::Unavailable("redis: connect timed out".into()))?
         .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
-        *self.slots[i].lock() = Some(c.clone());
+        *self.conn.lock() = Some(c.clone());
         Ok(c)
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % CONNECTIONS;
-        let mut c = self.conn(i).await?;
+        let mut c = self.conn().await?;
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
         match tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<Option<Vec<u8>>>(&mut c)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if super::redis::connection_failed(&e) {
-                    *self.slots[i].lock() = None;
+                    *self.conn.lock() = None;
                 }
                 Err(StoreError::Unavailable(format!("redis: {e}")))
             }
             Err(_) => {
-                *self.slots[i].lock() = None;
+                *self.conn.lock() = None;
                 Err(StoreError::Unavailable("redis: timed out".into()))
             }
         }

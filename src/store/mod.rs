@@ -7,10 +7,9 @@
 //!   recovery codes, the last accepted TOTP step, the consecutive-failure
 //!   count (PostgreSQL or SQLite).
 //!
-//! Implementations live beside the traits; `conformance` holds the one test
-//! suite per trait that every implementation must pass.
+//! Implementations live beside the traits; `tests/it/conformance.rs` holds
+//! the one test suite per trait that every implementation must pass.
 
-pub mod conformance;
 mod hot;
 pub mod memory;
 pub mod migrations;

@@ -448,14 +448,6 @@ impl ProfileStore for SqliteProfileStore {
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_profile_store_conforms() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = Arc::new(SqliteProfileStore::new(&url).unwrap());
-        crate::store::conformance::profile_store(store, "sqlite").await;
-    }
-
     #[tokio::test]
     async fn unopenable_file_is_unavailable_then_recovers() {
         let dir = tempfile::tempdir().unwrap();

@@ -25,6 +25,7 @@ macro_rules! scenarios_through {
 mod check_envoy;
 mod check_nginx;
 mod cli;
+mod conformance;
 mod decisions;
 mod deploy_envoy;
 mod dev_walkthrough;

@@ -13,7 +13,7 @@ async fn redis_session_store_conforms() {
     let store = RedisSessionStore::connect(&redis.url(), 4, "conf:".into()).expect("store");
     let now = crate::support::keycloak::now();
     // Redis keeps its own time: expiry is observed by waiting.
-    twofa_authz::store::conformance::session_store(&store, now, |s| {
+    crate::conformance::session_store(&store, now, |s| {
         tokio::time::sleep(Duration::from_millis(s * 1000 + 100))
     })
     .await;

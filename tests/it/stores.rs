@@ -1,14 +1,15 @@
-//! The store conformance suites of `twofa_authz::store::conformance`, against
+//! The store conformance suites of `conformance.rs`, against
 //! real servers: Redis for the short-lived state, PostgreSQL for profiles.
 //! (The in-memory and SQLite implementations run the same suites as unit tests.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::conformance;
 use redis::AsyncCommands;
 use twofa_authz::store::postgres::PostgresProfileStore;
 use twofa_authz::store::redis::{pool, RedisEphemeralStore};
-use twofa_authz::store::{conformance, EphemeralStore, ProfileStore, StoreError};
+use twofa_authz::store::{EphemeralStore, ProfileStore, StoreError};
 
 use crate::support::postgres::Postgres;
 use crate::support::redis::RedisServer;

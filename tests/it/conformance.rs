@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{
+use twofa_authz::store::{
     EphemeralStore, Factor, Profile, ProfileStore, ResetReport, SessionIds, SessionStore,
     TotpRecord, Verified,
 };
@@ -513,12 +513,21 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
     );
 }
 
-#[cfg(test)]
-mod tests {
+/// The in-process implementations, on a manual clock.
+mod embedded {
     use std::sync::Arc;
 
-    use crate::clock::{Clock, ManualClock};
-    use crate::store::memory::{MemoryEphemeralStore, MemorySessionStore};
+    use twofa_authz::clock::{Clock, ManualClock};
+    use twofa_authz::store::memory::{MemoryEphemeralStore, MemorySessionStore};
+    use twofa_authz::store::sqlite::SqliteProfileStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_profile_store_conforms() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Arc::new(SqliteProfileStore::new(&url).expect("sqlite store"));
+        super::profile_store(store, "sqlite").await;
+    }
 
     #[tokio::test]
     async fn memory_session_store_conforms() {
