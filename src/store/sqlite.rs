@@ -144,6 +144,25 @@ pub(crate) fn migrate_sqlite(c: &mut Connection, list: &[Migration]) -> rusqlite
     tx.commit()
 }
 
+/// A profile's values in `PROFILE_COLUMNS` order (?1 … ?12), for both the
+/// INSERT and the UPDATE.
+fn profile_params(p: &Profile) -> [&dyn rusqlite::ToSql; 12] {
+    [
+        &p.subject,
+        &p.username,
+        &p.first_name,
+        &p.last_name,
+        &p.email,
+        &p.email_verified,
+        &p.mobile,
+        &p.mobile_verified,
+        &p.pending_email,
+        &p.pending_mobile,
+        &p.created_at,
+        &p.updated_at,
+    ]
+}
+
 const PROFILE_COLUMNS: &str = "sub, username, first_name, last_name, email, email_verified, \
      mobile, mobile_verified, pending_email, pending_mobile, created_at, updated_at";
 
@@ -187,20 +206,7 @@ impl ProfileStore for SqliteProfileStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
                      ON CONFLICT (sub) DO NOTHING"
                 ),
-                params![
-                    p.subject,
-                    p.username,
-                    p.first_name,
-                    p.last_name,
-                    p.email,
-                    p.email_verified,
-                    p.mobile,
-                    p.mobile_verified,
-                    p.pending_email,
-                    p.pending_mobile,
-                    p.created_at,
-                    p.updated_at
-                ],
+                profile_params(&p).as_slice(),
             )?;
             Ok(n == 1)
         })
@@ -228,20 +234,7 @@ impl ProfileStore for SqliteProfileStore {
                  email = ?5, email_verified = ?6, mobile = ?7, mobile_verified = ?8, \
                  pending_email = ?9, pending_mobile = ?10, created_at = ?11, updated_at = ?12 \
                  WHERE sub = ?1",
-                params![
-                    p.subject,
-                    p.username,
-                    p.first_name,
-                    p.last_name,
-                    p.email,
-                    p.email_verified,
-                    p.mobile,
-                    p.mobile_verified,
-                    p.pending_email,
-                    p.pending_mobile,
-                    p.created_at,
-                    p.updated_at
-                ],
+                profile_params(&p).as_slice(),
             )?;
             Ok(n == 1)
         })
