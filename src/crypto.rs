@@ -135,8 +135,7 @@ fn code_mac_key(encryption_key: &[u8; 32]) -> Result<[u8; 32], CryptoError> {
 }
 
 fn code_hash_under(key: &[u8; 32], parts: &[&[u8]]) -> String {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable_hmac());
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable_hmac());
     for p in parts {
         // Length-prefix each part so ("ab","c") and ("a","bc") differ.
         mac.update(&(p.len() as u64).to_be_bytes());

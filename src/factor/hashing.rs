@@ -237,7 +237,9 @@ impl HashPool {
                 });
             }
             Err(TrySendError::Disconnected(_)) => {
-                return Err(Error::Internal("the password hashing pool has stopped".into()));
+                return Err(Error::Internal(
+                    "the password hashing pool has stopped".into(),
+                ));
             }
         }
         rx.await
@@ -348,10 +350,7 @@ mod tests {
     async fn runs_jobs_on_the_workers() {
         let pool = HashPool::new(2, 4).unwrap();
         let phc = pool.run(|h| h.hash(b"abc")).await.unwrap().unwrap();
-        let ok = pool
-            .run(move |h| h.verify(b"abc", &phc))
-            .await
-            .unwrap();
+        let ok = pool.run(move |h| h.verify(b"abc", &phc)).await.unwrap();
         assert!(ok);
         let name = pool
             .run(|_| std::thread::current().name().map(str::to_owned))

@@ -277,14 +277,16 @@ mod tests {
             .unwrap();
         // The operator puts a new key first and keeps the old one.
         let rotated = ring_of(&[K2, K1]);
-        let wrong = if issued.code == "000000" { "111111" } else { "000000" };
+        let wrong = if issued.code == "000000" {
+            "111111"
+        } else {
+            "000000"
+        };
         assert!(matches!(
             check(&eph, &rotated, "u", &b, wrong).await.unwrap(),
             Check::Wrong
         ));
-        let Check::Consumed(restore) = check(&eph, &rotated, "u", &b, &issued.code)
-            .await
-            .unwrap()
+        let Check::Consumed(restore) = check(&eph, &rotated, "u", &b, &issued.code).await.unwrap()
         else {
             panic!("a code sent before the rotation no longer verifies");
         };

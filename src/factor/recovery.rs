@@ -260,13 +260,22 @@ mod tests {
         let codes = issue(&store, &pool, "alice", 4).await.unwrap();
         assert_eq!(codes.len(), 4);
         assert_eq!(store.recovery_codes("alice").await.unwrap().len(), 4);
-        assert_eq!(redeem(&store, &pool, "alice", &codes[2]).await.unwrap(), Some(3));
-        assert_eq!(redeem(&store, &pool, "alice", &codes[2]).await.unwrap(), None);
+        assert_eq!(
+            redeem(&store, &pool, "alice", &codes[2]).await.unwrap(),
+            Some(3)
+        );
+        assert_eq!(
+            redeem(&store, &pool, "alice", &codes[2]).await.unwrap(),
+            None
+        );
         assert_eq!(redeem(&store, &pool, "bob", &codes[1]).await.unwrap(), None);
         assert_eq!(redeem(&store, &pool, "alice", "junk").await.unwrap(), None);
         // Reissuing replaces the whole set.
         let fresh = issue(&store, &pool, "alice", 2).await.unwrap();
-        assert_eq!(redeem(&store, &pool, "alice", &codes[0]).await.unwrap(), None);
+        assert_eq!(
+            redeem(&store, &pool, "alice", &codes[0]).await.unwrap(),
+            None
+        );
         assert_eq!(
             redeem(&store, &pool, "alice", &fresh[0].to_lowercase())
                 .await

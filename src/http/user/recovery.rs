@@ -44,7 +44,8 @@ pub async fn verify(
     factor::require_sid(&id)?;
     factor::guard(&state, &id).await?;
 
-    let Some(remaining) = recovery::redeem(state.profiles.as_ref(), &state.hashing, &id.sub, &req.code).await?
+    let Some(remaining) =
+        recovery::redeem(state.profiles.as_ref(), &state.hashing, &id.sub, &req.code).await?
     else {
         return Err(factor::wrong_code(&state, &id, Factor::Recovery).await);
     };
