@@ -90,20 +90,47 @@ pub fn find_with(h: &mut Hasher, input: &str, stored: &[(i64, String)]) -> Optio
         .map(|(id, _)| *id)
 }
 
+/// A new set of codes, hashed but not stored yet.
+pub struct Prepared {
+    codes: Vec<String>,
+    hashes: Vec<String>,
+}
+
+impl Prepared {
+    /// Replaces the subject's codes by these and returns them, to be shown
+    /// once (only their hashes are stored).
+    pub async fn store(
+        self,
+        profiles: &dyn ProfileStore,
+        subject: &str,
+    ) -> Result<Vec<String>, Error> {
+        profiles
+            .replace_recovery_codes(subject, &self.hashes)
+            .await?;
+        Ok(self.codes)
+    }
+}
+
+/// `n` new codes and their hashes, as one job of `hashing`: 503 `busy` when
+/// the pool is full. Nothing is stored, so a flow that must not be left half
+/// done (confirming a TOTP enrollment) can hash first and commit after.
+pub async fn prepare(hashing: &HashPool, n: usize) -> Result<Prepared, Error> {
+    let codes = generate_set(n);
+    let to_hash = codes.clone();
+    let hashes = hashing.run(move |h| hash_with(h, &to_hash)).await??;
+    Ok(Prepared { codes, hashes })
+}
+
 /// Replaces the subject's recovery codes by `n` new ones and returns them
-/// (to be shown once; only their hashes are stored). The hashing is one job
-/// of `hashing`: 503 `busy` when the pool is full.
+/// (to be shown once; only their hashes are stored): [`prepare`], then
+/// [`Prepared::store`].
 pub async fn issue(
     profiles: &dyn ProfileStore,
     hashing: &HashPool,
     subject: &str,
     n: usize,
 ) -> Result<Vec<String>, Error> {
-    let codes = generate_set(n);
-    let to_hash = codes.clone();
-    let hashes = hashing.run(move |h| hash_with(h, &to_hash)).await??;
-    profiles.replace_recovery_codes(subject, &hashes).await?;
-    Ok(codes)
+    prepare(hashing, n).await?.store(profiles, subject).await
 }
 
 /// Finds and spends the stored code that `input` matches: Some(codes left)
