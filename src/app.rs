@@ -17,6 +17,7 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::KeyRing;
 use crate::delivery::Delivery;
+use crate::factor::hashing::HashPool;
 use crate::keycloak::AdminClient;
 use crate::metrics::Metrics;
 use crate::store::{self, EphemeralStore, ProfileStore, SessionStore};
@@ -44,6 +45,9 @@ pub struct AppState {
     pub delivery: Arc<Delivery>,
     /// The Keycloak Admin REST API, when `keycloak.admin_client_id` is set.
     pub keycloak_admin: Option<Arc<AdminClient>>,
+    /// Argon2id hashing of recovery codes, a few at a time with bounded
+    /// memory (`factor::hashing`).
+    pub hashing: Arc<HashPool>,
 }
 
 pub struct Readiness {
@@ -141,6 +145,7 @@ impl AppState {
             KeyRing::from_config(&cfg.security.encryption_keys)
                 .map_err(|e| format!("security.encryption_keys: {e}"))?,
         );
+        let hashing = Arc::new(HashPool::for_host()?);
         let authz = Arc::new(Authorizer::new(
             &cfg,
             Arc::new(validator),
@@ -161,6 +166,7 @@ impl AppState {
             keys,
             delivery,
             keycloak_admin,
+            hashing,
         }))
     }
 

@@ -2,6 +2,7 @@
 //! recovery codes (`recovery`), the attempt budget shared by all of them
 //! (`lockout`), and the steps every verification route shares (below).
 
+pub mod hashing;
 pub mod lockout;
 pub mod otp;
 pub mod qr;

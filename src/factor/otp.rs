@@ -6,7 +6,8 @@
 //! the Keycloak session that asked for it. A code therefore verifies nothing
 //! else: not another session, not a contact change, not another address.
 //!
-//! Verification compares hashes in constant time, then consumes the code
+//! Verification compares hashes in constant time, under every configured
+//! key (a code sent before a key rotation still verifies), then consumes the code
 //! with `EphemeralStore::delete_if_eq`, so that of N parallel requests with
 //! the right code exactly one succeeds.
 //!
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{ct_eq, random_digits, KeyRing};
+use crate::crypto::{random_digits, KeyRing};
 use crate::error::Error;
 use crate::store::{EphemeralStore, Factor};
 
@@ -83,13 +84,24 @@ pub fn resend_key(channel: Channel, u: &str) -> String {
     format!("rs:{}:{u}", channel.as_str())
 }
 
-/// The stored form of `code` under `b`.
+/// The stored form of `code` under `b` (hashed under the first key).
 pub fn hash(keys: &KeyRing, code: &str, b: &Binding<'_>) -> String {
+    with_parts(code, b, |parts| keys.code_hash(parts))
+}
+
+/// Whether `stored` is the stored form of `code` under `b`, hashed under
+/// any configured key: a code sent before a key rotation still verifies.
+pub fn matches(keys: &KeyRing, stored: &str, code: &str, b: &Binding<'_>) -> bool {
+    with_parts(code, b, |parts| keys.code_hash_matches(stored, parts))
+}
+
+/// What a code's hash covers.
+fn with_parts<R>(code: &str, b: &Binding<'_>, f: impl FnOnce(&[&[u8]]) -> R) -> R {
     let session = match b.purpose {
         Purpose::Login => b.session.unwrap_or(""),
         Purpose::Contact => "",
     };
-    keys.code_hash(&[
+    f(&[
         b"twofa otp v1",
         code.as_bytes(),
         b.purpose.as_str().as_bytes(),
@@ -205,15 +217,15 @@ pub async fn check(
     let Some(stored) = eph.get(&key).await? else {
         return Ok(Check::NoPending);
     };
-    let typed = hash(keys, &normalize(input), b);
-    if !ct_eq(stored.as_bytes(), typed.as_bytes()) {
+    if !matches(keys, &stored, &normalize(input), b) {
         return Ok(Check::Wrong);
     }
     let ttl = eph.ttl(&key).await?;
-    if eph.delete_if_eq(&key, &typed).await? {
+    // The stored hash, not a recomputed one: it may be under an older key.
+    if eph.delete_if_eq(&key, &stored).await? {
         Ok(Check::Consumed(Restore {
             key,
-            hash: typed,
+            hash: stored,
             ttl,
         }))
     } else {
@@ -247,6 +259,53 @@ mod tests {
             destination: dest,
             session: Some(session),
         }
+    }
+
+    #[tokio::test]
+    async fn a_code_sent_before_a_key_rotation_still_verifies() {
+        let clock = ManualClock::new(1_700_000_000);
+        let eph = MemoryEphemeralStore::new(clock.clone() as Arc<dyn Clock>);
+        let ring_of = |keys: &[&str]| {
+            KeyRing::from_config(&SecretList(keys.iter().map(|k| Secret::new(*k)).collect()))
+                .unwrap()
+        };
+        const K1: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        const K2: &str = "k2:HxwdHh8AAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRo=";
+        let b = login("a@example.com", "s1");
+        let issued = issue(&eph, &ring_of(&[K1]), "u", &b, 6, MIN * 10, MIN)
+            .await
+            .unwrap();
+        // The operator puts a new key first and keeps the old one.
+        let rotated = ring_of(&[K2, K1]);
+        let wrong = if issued.code == "000000" {
+            "111111"
+        } else {
+            "000000"
+        };
+        assert!(matches!(
+            check(&eph, &rotated, "u", &b, wrong).await.unwrap(),
+            Check::Wrong
+        ));
+        let Check::Consumed(restore) = check(&eph, &rotated, "u", &b, &issued.code).await.unwrap()
+        else {
+            panic!("a code sent before the rotation no longer verifies");
+        };
+        // Put back as it was stored, it verifies again.
+        restore.put_back(&eph).await;
+        assert!(matches!(
+            check(&eph, &rotated, "u", &b, &issued.code).await.unwrap(),
+            Check::Consumed(_)
+        ));
+        // Without the old key it would not (dropping a key ends its codes).
+        let issued = issue(&eph, &ring_of(&[K1]), "w", &b, 6, MIN * 10, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(matches!(
+            check(&eph, &ring_of(&[K2]), "w", &b, &issued.code)
+                .await
+                .unwrap(),
+            Check::Wrong
+        ));
     }
 
     #[tokio::test]

@@ -214,7 +214,7 @@ async fn confirm(
         tracing::warn!(error = %e, "could not remove the confirmed pending TOTP secret");
     }
     let n = state.cfg.security.recovery_code_count as usize;
-    match recovery::issue(state.profiles.as_ref(), &id.sub, n).await {
+    match recovery::issue(state.profiles.as_ref(), &state.hashing, &id.sub, n).await {
         Ok(codes) => Ok(codes),
         Err(e) => {
             // Without its recovery codes the enrollment is not complete:
