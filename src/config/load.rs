@@ -484,6 +484,26 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             ))
         }
     }
+    if let Some(n) = &e.product_name {
+        if n.chars().count() > 100 || n.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                "email.product_name",
+                "at most 100 characters, on one line",
+            ));
+        }
+    }
+    for (key, u) in [
+        ("email.product_url", &e.product_url),
+        ("email.support_url", &e.support_url),
+    ] {
+        if let Some(u) = u.as_deref().filter(|u| !u.is_empty()) {
+            check_http_url(key, u)?;
+        }
+    }
+    // Compiles every template and renders it with sample data in every
+    // locale, so that `check-config` and `serve` refuse a broken one (exit
+    // 2) naming its file.
+    crate::delivery::Messages::from_config(c)?;
     let sms = &c.sms;
     match sms.provider.as_str() {
         "log" => {}
