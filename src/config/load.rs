@@ -758,6 +758,52 @@ mod tests {
     }
 
     #[test]
+    fn message_keys_are_checked() {
+        let c = load(None, base_env(), false).unwrap();
+        assert_eq!(c.email.default_locale, "en");
+        assert!(c.email.templates_dir.is_none() && c.email.product_name.is_none());
+        for (var, value, key) in [
+            (
+                "TWOFA_EMAIL__PRODUCT_URL",
+                "javascript:alert(1)",
+                "email.product_url",
+            ),
+            (
+                "TWOFA_EMAIL__SUPPORT_URL",
+                "mailto:help@example.com",
+                "email.support_url",
+            ),
+            (
+                "TWOFA_EMAIL__PRODUCT_NAME",
+                "two\nlines",
+                "email.product_name",
+            ),
+            ("TWOFA_EMAIL__DEFAULT_LOCALE", "fr", "email.default_locale"),
+            (
+                "TWOFA_EMAIL__TEMPLATES_DIR",
+                "/nonexistent/templates",
+                "email.templates_dir",
+            ),
+        ] {
+            let mut env = base_env();
+            env.push((var.into(), value.into()));
+            assert_eq!(
+                load(None, env, false).unwrap_err().key,
+                key,
+                "{var}={value}"
+            );
+        }
+        let mut env = base_env();
+        env.push(("TWOFA_EMAIL__DEFAULT_LOCALE".into(), "de_DE".into()));
+        env.push((
+            "TWOFA_EMAIL__PRODUCT_URL".into(),
+            "https://example.com/".into(),
+        ));
+        let c = load(None, env, false).unwrap();
+        assert_eq!(c.email.default_locale, "de_DE");
+    }
+
+    #[test]
     fn dev_mode_is_loopback_only() {
         let c = load(None, vec![], true).unwrap();
         assert_eq!(c.storage.database_url.expose(), "sqlite://./twofa-dev.db");
