@@ -84,10 +84,21 @@ pub async fn send(
         Channel::Email => {
             state
                 .delivery
-                .send_email_code(&dest, &issued.code, ttl, Purpose::Login)
+                .send_email_code(
+                    &dest,
+                    &issued.code,
+                    ttl,
+                    Purpose::Login,
+                    id.locale.as_deref(),
+                )
                 .await
         }
-        Channel::Mobile => state.delivery.send_sms_code(&dest, &issued.code, ttl).await,
+        Channel::Mobile => {
+            state
+                .delivery
+                .send_sms_code(&dest, &issued.code, ttl, id.locale.as_deref())
+                .await
+        }
     };
     if let Err(e) = sent {
         otp::revoke(state.ephemeral.as_ref(), &issued).await;
@@ -215,7 +226,10 @@ async fn apply_contact(
     // Read again: the profile may have changed (another channel's PATCH)
     // while the code was checked and Keycloak was written.
     let mut p = load_profile(state, id).await?;
-    let mut notice_to = Recipients::default();
+    let mut notice_to = Recipients {
+        locale: id.locale.clone(),
+        ..Recipients::default()
+    };
     let notice = match channel {
         Channel::Email => {
             let old = p.email.clone().filter(|_| factor::email_verified(&p, id));

@@ -207,13 +207,19 @@ pub async fn patch(
             Channel::Email => {
                 state
                     .delivery
-                    .send_email_code(dest, &i.code, sec.otp_ttl.get(), Purpose::Contact)
+                    .send_email_code(
+                        dest,
+                        &i.code,
+                        sec.otp_ttl.get(),
+                        Purpose::Contact,
+                        id.locale.as_deref(),
+                    )
                     .await
             }
             Channel::Mobile => {
                 state
                     .delivery
-                    .send_sms_code(dest, &i.code, sec.otp_ttl.get())
+                    .send_sms_code(dest, &i.code, sec.otp_ttl.get(), id.locale.as_deref())
                     .await
             }
         };

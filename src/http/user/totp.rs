@@ -45,6 +45,7 @@ pub fn notice_recipients(p: &Profile, id: &Identity) -> Recipients {
     Recipients {
         email: p.email.clone().filter(|_| factor::email_verified(p, id)),
         mobile: p.mobile.clone().filter(|_| p.mobile_verified),
+        locale: id.locale.clone(),
     }
 }
 
