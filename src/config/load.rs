@@ -45,6 +45,15 @@ const SECRET_KEYS: &[&str] = &[
     "sms.webhook_bearer_token",
 ];
 
+/// "storage.database_url: x" → "x": the key is named by the ConfigError.
+fn strip_key(message: &str) -> String {
+    message
+        .split_once(": ")
+        .filter(|(k, _)| k.starts_with("storage."))
+        .map(|(_, m)| m.to_string())
+        .unwrap_or_else(|| message.to_string())
+}
+
 /// Secrets files and config files are small; anything bigger is a mistake.
 const MAX_FILE: u64 = 1 << 20;
 
@@ -322,6 +331,27 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             "storage.database_url",
             "must be postgres://… or sqlite://PATH",
         ));
+    }
+    let is_pg = db.starts_with("postgres://") || db.starts_with("postgresql://");
+    if let Some(ca) = &st.database_ca_path {
+        if !is_pg {
+            return Err(ConfigError::new(
+                "storage.database_ca_path",
+                "applies to a postgres:// database_url only",
+            ));
+        }
+        crate::tls::read_ca_bundle(ca)
+            .map_err(|e| ConfigError::new("storage.database_ca_path", e))?;
+    }
+    if is_pg {
+        let (_, mode) = crate::store::pg_tls::split_sslmode(db)
+            .map_err(|e| ConfigError::new("storage.database_url", strip_key(&e)))?;
+        if mode == Some(crate::store::pg_tls::SslMode::Disable) && st.database_ca_path.is_some() {
+            return Err(ConfigError::new(
+                "storage.database_ca_path",
+                "is set, but sslmode=disable in storage.database_url turns TLS off; choose verify-full or remove the CA path",
+            ));
+        }
     }
     let r = st.redis_url.expose();
     if !(r.starts_with("redis://") || r.starts_with("rediss://") || r == "memory://") {
