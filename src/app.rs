@@ -293,7 +293,10 @@ pub async fn run(
 /// reached does not: serving starts anyway (the Check path never needs the
 /// database), `/user` answers 503 until it is back, and migration is
 /// retried in the background.
-async fn prepare_database(state: Arc<AppState>, mut rx: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn prepare_database(
+    state: Arc<AppState>,
+    mut rx: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let auto = state.cfg.storage.auto_migrate;
     let first = if auto {
         state.profiles.migrate().await

@@ -116,6 +116,9 @@ mod tests {
         assert!(e.contains("certificate 1 of 1 is not a valid CA"), "{e}");
 
         let e = read_ca_bundle(&dir.path().join("missing.pem")).unwrap_err();
-        assert!(e.contains("cannot read") && e.contains("missing.pem"), "{e}");
+        assert!(
+            e.contains("cannot read") && e.contains("missing.pem"),
+            "{e}"
+        );
     }
 }

@@ -306,7 +306,10 @@ mod tests {
     #[test]
     fn rows_without_a_checksum_are_backfilled() {
         let p = plan(KNOWN, &[row(1, None)]).unwrap();
-        assert_eq!(p.backfill.iter().map(|m| m.version).collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            p.backfill.iter().map(|m| m.version).collect::<Vec<_>>(),
+            [1]
+        );
         assert_eq!(p.pending.iter().map(|m| m.version).collect::<Vec<_>>(), [2]);
     }
 
@@ -321,27 +324,48 @@ mod tests {
             ],
         )
         .unwrap_err();
-        assert!(e.contains("migration(s) 3") && e.contains("schema version 2"), "{e}");
+        assert!(
+            e.contains("migration(s) 3") && e.contains("schema version 2"),
+            "{e}"
+        );
         assert!(e.contains("newer twofa-authz"), "{e}");
     }
 
     #[test]
     fn a_changed_checksum_is_refused_naming_the_version() {
         let e = plan(KNOWN, &[row(1, Some("0".repeat(64)))]).unwrap_err();
-        assert!(e.contains("migration 1") && e.contains("000000000000"), "{e}");
+        assert!(
+            e.contains("migration 1") && e.contains("000000000000"),
+            "{e}"
+        );
         assert!(e.contains(&KNOWN[0].checksum()[..12]), "{e}");
     }
 
     #[test]
     fn a_history_with_a_hole_is_refused() {
         let known = [
-            Migration { version: 1, name: "one", sql: "1" },
-            Migration { version: 2, name: "two", sql: "2" },
-            Migration { version: 3, name: "three", sql: "3" },
+            Migration {
+                version: 1,
+                name: "one",
+                sql: "1",
+            },
+            Migration {
+                version: 2,
+                name: "two",
+                sql: "2",
+            },
+            Migration {
+                version: 3,
+                name: "three",
+                sql: "3",
+            },
         ];
         let e = plan(
             &known,
-            &[row(1, Some(known[0].checksum())), row(3, Some(known[2].checksum()))],
+            &[
+                row(1, Some(known[0].checksum())),
+                row(3, Some(known[2].checksum())),
+            ],
         )
         .unwrap_err();
         assert!(e.contains("migration 3 but not migration 2"), "{e}");

@@ -115,8 +115,7 @@ impl PgTarget {
         let roots = match check {
             Check::Nothing => None,
             Check::Chain | Check::ChainAndName => Some(Arc::new(
-                crate::tls::roots(ca_path)
-                    .map_err(|e| format!("storage.database_ca_path: {e}"))?,
+                crate::tls::roots(ca_path).map_err(|e| format!("storage.database_ca_path: {e}"))?,
             )),
         };
         let provider = crate::tls::provider();
@@ -487,9 +486,10 @@ mod tests {
             split_sslmode("postgres://u:p%3Fw@db:5432/twofa?sslmode=verify-full").unwrap();
         assert_eq!(rest, "postgres://u:p%3Fw@db:5432/twofa");
         assert_eq!(m, Some(SslMode::VerifyFull));
-        let (rest, m) =
-            split_sslmode("postgres://db/twofa?application_name=x&sslmode=verify-ca&connect_timeout=3")
-                .unwrap();
+        let (rest, m) = split_sslmode(
+            "postgres://db/twofa?application_name=x&sslmode=verify-ca&connect_timeout=3",
+        )
+        .unwrap();
         assert_eq!(
             rest,
             "postgres://db/twofa?application_name=x&connect_timeout=3"
@@ -516,7 +516,10 @@ mod tests {
                 "postgres://u:secret@db/x?sslrootcert=/ca.pem",
                 "storage.database_ca_path",
             ),
-            ("postgres://u:secret@db/x?sslkey=/k.pem", "client certificates"),
+            (
+                "postgres://u:secret@db/x?sslkey=/k.pem",
+                "client certificates",
+            ),
         ] {
             let e = split_sslmode(url).unwrap_err();
             assert!(e.contains(says), "{url}: {e}");
