@@ -49,7 +49,6 @@ pub struct PostgresProfileStore {
     last_connect_error: LastError,
     /// The schema was found to be this binary's (see `check_schema`).
     schema_ok: AtomicBool,
-    schema_check: tokio::sync::Mutex<()>,
 }
 
 /// Collects the connection errors of the pool (bb8 hands them to a sink and
@@ -104,7 +103,6 @@ impl PostgresProfileStore {
             target,
             last_connect_error,
             schema_ok: AtomicBool::new(false),
-            schema_check: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -184,13 +182,11 @@ impl PostgresProfileStore {
         }
     }
 
-    /// The schema gate of every method: passes once `check_schema` did.
+    /// The schema gate of every method: passes once `check_schema` (or a
+    /// migration) did. Until then each call checks for itself, unlocked: a
+    /// queue behind one check would make every caller wait for the ones
+    /// before it while the database is away.
     async fn ensure_schema(&self) -> Result<(), StoreError> {
-        if self.schema_ok.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        // One check at a time; those who waited see its result.
-        let _one = self.schema_check.lock().await;
         if self.schema_ok.load(Ordering::Acquire) {
             return Ok(());
         }
