@@ -390,3 +390,42 @@ fn spawn_health_monitor(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Readiness;
+
+    fn r(
+        database: &'static str,
+        session_store: &'static str,
+        signing_keys: &'static str,
+    ) -> Readiness {
+        Readiness {
+            database,
+            session_store,
+            signing_keys,
+        }
+    }
+
+    #[test]
+    fn decisions_need_the_session_store_and_the_keys_not_the_database() {
+        let all = r("ok", "ok", "ok");
+        assert!(all.ready() && all.status() == "ok" && all.degraded().is_empty());
+        for db in ["down", "incompatible"] {
+            let d = r(db, "ok", "ok");
+            assert!(d.ready(), "{db}");
+            assert_eq!(d.status(), "degraded");
+            assert_eq!(d.degraded(), ["database"]);
+            assert!(d.not_ready().is_empty());
+        }
+        let s = r("ok", "down", "ok");
+        assert!(!s.ready());
+        assert_eq!(
+            (s.status(), s.not_ready()),
+            ("unavailable", vec!["session_store"])
+        );
+        let k = r("down", "ok", "down");
+        assert_eq!(k.not_ready(), ["signing_keys"]);
+        assert_eq!(k.status(), "unavailable");
+    }
+}

@@ -642,6 +642,47 @@ mod tests {
     }
 
     #[test]
+    fn database_tls_settings_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            rcgen::generate_simple_self_signed(vec!["ca.test".into()])
+                .unwrap()
+                .cert
+                .pem(),
+        )
+        .unwrap();
+        let with = |url: &str, ca_path: Option<&std::path::Path>| {
+            let mut env = base_env();
+            env.push(("TWOFA_STORAGE__DATABASE_URL".into(), url.into()));
+            if let Some(p) = ca_path {
+                env.push((
+                    "TWOFA_STORAGE__DATABASE_CA_PATH".into(),
+                    p.display().to_string(),
+                ));
+            }
+            load(None, env, false)
+        };
+        let c = with("postgres://u:pw@db/x?sslmode=verify-full", Some(&ca)).unwrap();
+        assert_eq!(c.storage.database_ca_path.as_deref(), Some(ca.as_path()));
+        assert!(c.redacted_toml().contains("database_ca_path"));
+        assert!(with("postgres://u:pw@db/x", None).is_ok());
+
+        let e = with("postgres://u:pw@db/x?sslmode=disable", Some(&ca)).unwrap_err();
+        assert_eq!(e.key, "storage.database_ca_path");
+        assert!(e.message.contains("sslmode=disable"), "{e}");
+        let e = with("postgres://u:pw@db/x?sslmode=allow", None).unwrap_err();
+        assert_eq!(e.key, "storage.database_url");
+        assert!(e.message.starts_with("sslmode `allow`"), "{e}");
+        assert!(!e.message.contains("pw"), "{e}");
+        let e = with("sqlite://x.db", Some(&ca)).unwrap_err();
+        assert_eq!(e.key, "storage.database_ca_path");
+        let e = with("postgres://db/x", Some(&dir.path().join("absent.pem"))).unwrap_err();
+        assert_eq!(e.key, "storage.database_ca_path");
+    }
+
+    #[test]
     fn defaults_match_the_contract() {
         let c = load(None, base_env(), false).unwrap();
         assert_eq!(c.server.grpc_addr, "127.0.0.1:9191");
