@@ -104,6 +104,7 @@ impl AppState {
                 leeway,
                 jwks,
                 clock.clone(),
+                cfg.cache.token_capacity,
             );
             (v, Some(dev))
         } else {
@@ -128,6 +129,7 @@ impl AppState {
                 leeway,
                 jwks,
                 clock.clone(),
+                cfg.cache.token_capacity,
             );
             (v, None)
         };

@@ -57,7 +57,10 @@ pub async fn send(
     method_enabled(&state, channel)?;
     factor::require_sid(&id)?;
     // Present whenever `sid` is (both come from the same claim).
-    let session = id.session_key.clone().unwrap_or_default();
+    let session = id
+        .session_key()
+        .map(|k| k.hex().to_string())
+        .unwrap_or_default();
     let p = load_profile(&state, &id).await?;
     let dest = verified_contact(&p, &id, channel).ok_or(Error::ContactNotVerified)?;
     factor::guard(&state, &id).await?;
@@ -142,7 +145,7 @@ pub async fn verify(
         Purpose::Login => {
             method_enabled(&state, channel)?;
             factor::require_sid(&id)?;
-            id.session_key.clone()
+            id.session_key().map(|k| k.hex().to_string())
         }
         Purpose::Contact => None,
     };
@@ -207,8 +210,8 @@ async fn apply_contact(
     if state.cfg.keycloak.sync_verified_contacts {
         if let Some(admin) = &state.keycloak_admin {
             match channel {
-                Channel::Email => admin.set_verified_email(&id.sub, new).await?,
-                Channel::Mobile => admin.set_verified_mobile(&id.sub, new).await?,
+                Channel::Email => admin.set_verified_email(id.sub(), new).await?,
+                Channel::Mobile => admin.set_verified_mobile(id.sub(), new).await?,
             }
         }
     }
