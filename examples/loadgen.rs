@@ -365,7 +365,10 @@ async fn mark_verified(issuer: &str, redis_url: &str, count: usize, now: i64) {
         .filter(|r| std::future::ready(r.is_err()))
         .count()
         .await;
-    assert_eq!(failures, 0, "{failures} sessions could not be marked verified");
+    assert_eq!(
+        failures, 0,
+        "{failures} sessions could not be marked verified"
+    );
 }
 
 /// A twofa-authz process on free loopback ports.
@@ -769,7 +772,10 @@ async fn bench(args: Args) {
         println!(
             "--- scale (cache.token_capacity {}):",
             args.token_capacity.map_or_else(
-                || format!("{} (default)", twofa_authz::token::DEFAULT_TOKEN_CACHE_CAPACITY),
+                || format!(
+                    "{} (default)",
+                    twofa_authz::token::DEFAULT_TOKEN_CACHE_CAPACITY
+                ),
                 |n| n.to_string()
             )
         );
@@ -785,8 +791,10 @@ async fn bench(args: Args) {
                 t.p999,
                 t.hwm_mib,
                 t.rate / base,
-                f.as_ref()
-                    .map_or("-".to_string(), |f| format!("{:.2}", t.rate / f.rate.max(1.0)))
+                f.as_ref().map_or("-".to_string(), |f| format!(
+                    "{:.2}",
+                    t.rate / f.rate.max(1.0)
+                ))
             );
         }
     }
@@ -807,12 +815,7 @@ async fn serve_stack(args: &Args, file: &Path) {
     // Shell-quotable: tokens and addresses hold no quote characters.
     let env = format!(
         "TWOFA_GRPC={}\nTWOFA_HTTP={}\nTWOFA_PID={}\nUPSTREAM={}\nISSUER={}\nTOKEN='{}'\n",
-        server.grpc,
-        server.http,
-        server.pid,
-        upstream_addr,
-        fx.issuer,
-        fx.tokens[0]
+        server.grpc, server.http, server.pid, upstream_addr, fx.issuer, fx.tokens[0]
     );
     // Written whole, then renamed: a reader never sees half of it.
     let tmp = file.with_extension("partial");
