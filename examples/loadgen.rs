@@ -1,34 +1,55 @@
 //! Load generator for the hot path: drives `envoy.service.auth.v3.Authorization/Check`
 //! over gRPC against a real `twofa-authz serve` process, with valid RS256
-//! tokens of second-factor-verified sessions (Redis session store), and
-//! prints checks/s, latency percentiles and the server's peak RSS.
+//! tokens of second-factor-verified sessions, and prints checks/s, latency
+//! percentiles and the server's peak RSS.
 //!
 //! It starts everything it needs on loopback: a Keycloak-shaped issuer
 //! (discovery + JWKS), a throwaway redis-server, and the server binary.
 //!
+//! - `--floor` also starts a do-nothing `Check` server (this binary again, in
+//!   its own process, with the same tonic settings as twofa-authz) and
+//!   measures both in the same invocation, runs alternating, so that every
+//!   figure comes with the floor it is a ratio to.
+//! - `--tokens N` uses N distinct users, sessions and tokens; each is checked
+//!   once before measuring. `--scale` runs 1k, 10k and 100k tokens, each
+//!   against a fresh server, and prints the ratios to 1k.
+//! - `--serve-stack FILE` starts issuer, Redis, twofa-authz and a do-nothing
+//!   HTTP upstream, writes their addresses and a token to FILE, and serves
+//!   until SIGTERM (scripts/bench-envoy.sh puts Envoy and wrk in front).
+//!
 //! ```text
 //! cargo build --release --bins --examples
-//! target/release/examples/loadgen --concurrency 32 --duration 10 --runs 5
+//! target/release/examples/loadgen --floor --concurrency 32 --duration 10 --runs 3
+//! target/release/examples/loadgen --floor --scale --duration 10 --runs 3
 //! ```
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use clap::Parser;
+use futures::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::pkcs8::DecodePrivateKey;
 use rsa::traits::PublicKeyParts;
 use serde_json::json;
+use tokio_stream::wrappers::TcpListenerStream;
 use twofa_authz::grpc::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use twofa_authz::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use twofa_authz::grpc::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use twofa_authz::grpc::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use twofa_authz::grpc::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use twofa_authz::grpc::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, OkHttpResponse,
+};
+use twofa_authz::grpc::pb::google::rpc::Status as RpcStatus;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 struct Args {
     /// Concurrent in-flight Check calls.
     #[arg(long, default_value_t = 32)]
@@ -39,12 +60,22 @@ struct Args {
     /// Seconds per measured run.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Measured runs; the median run is reported last.
+    /// Measured runs per side; medians are reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Distinct users/sessions/tokens.
+    /// Distinct users/sessions/tokens, each checked once before measuring.
     #[arg(long, default_value_t = 1000)]
     tokens: usize,
+    /// Run 1,000, 10,000 and 100,000 tokens (a fresh server each) and print
+    /// the ratios to 1,000.
+    #[arg(long)]
+    scale: bool,
+    /// Also measure a do-nothing Check server, runs alternating.
+    #[arg(long)]
+    floor: bool,
+    /// `cache.token_capacity` of the server (default: the server's default).
+    #[arg(long)]
+    token_capacity: Option<usize>,
     /// The server binary.
     #[arg(long, default_value = "target/release/twofa-authz")]
     server_bin: PathBuf,
@@ -55,11 +86,20 @@ struct Args {
     /// marked from outside).
     #[arg(long, default_value = "redis")]
     store: String,
-    /// Request path; /admin needs 2fa under the generated policy.
+    /// Request path; /admin needs 2fa under the generated policy, /user a token.
     #[arg(long, default_value = "/admin/reports")]
     path: String,
+    /// Start issuer, Redis, twofa-authz and a do-nothing HTTP upstream, write
+    /// their addresses and a token to this file (shell `KEY=value` lines),
+    /// and serve until SIGTERM or SIGINT.
+    #[arg(long, value_name = "FILE")]
+    serve_stack: Option<PathBuf>,
+    /// Internal: be the do-nothing Check server on this address.
+    #[arg(long, hide = true, value_name = "ADDR")]
+    serve_floor: Option<SocketAddr>,
 }
 
+/// A child process, killed when dropped.
 struct Guard(Child);
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -75,178 +115,360 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let pem = std::fs::read_to_string(root.join("tests/fixtures/keycloak/sig-a.key.pem"))
-        .expect("key fixture");
-    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem).expect("pkcs8");
-    let b64 = |b: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let (n, e) = (b64(key.n().to_bytes_be()), b64(key.e().to_bytes_be()));
-    let enc = EncodingKey::from_rsa_der(key.to_pkcs1_der().expect("der").as_bytes());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match args.serve_floor {
+        // The same runtime shape as twofa-authz: tokio's multi-thread default.
+        Some(addr) => rt.block_on(serve_floor(addr)),
+        None => rt.block_on(bench(args)),
+    }
+}
 
-    // A Keycloak-shaped issuer: discovery and certs under /realms/bench.
-    let kc = tokio::net::TcpListener::bind("127.0.0.1:0")
+// --- the do-nothing floor ---------------------------------------------------
+
+struct Floor;
+
+#[tonic::async_trait]
+impl Authorization for Floor {
+    async fn check(
+        &self,
+        _request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        // tonic has decoded the request by now, as it does for twofa-authz:
+        // that much is part of the floor.
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(RpcStatus {
+                code: 0,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+        }))
+    }
+}
+
+/// Allows everything, with twofa-authz's transport settings: tonic's server
+/// defaults (HTTP/2), TCP_NODELAY on every accepted connection, the same
+/// decoding limit.
+async fn serve_floor(addr: SocketAddr) {
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .expect("bind");
-    let kc_addr: SocketAddr = kc.local_addr().expect("addr");
-    let issuer = format!("http://{kc_addr}/realms/bench");
-    let disco =
-        json!({ "issuer": issuer, "jwks_uri": format!("{issuer}/protocol/openid-connect/certs") });
-    let certs = json!({ "keys": [{ "kid": "bench", "kty": "RSA", "alg": "RS256", "use": "sig", "n": n, "e": e }] });
-    let app = axum::Router::new()
-        .route(
-            "/realms/bench/.well-known/openid-configuration",
-            axum::routing::get(move || async move { axum::Json(disco) }),
-        )
-        .route(
-            "/realms/bench/protocol/openid-connect/certs",
-            axum::routing::get(move || async move { axum::Json(certs) }),
+        .unwrap_or_else(|e| panic!("floor: bind {addr}: {e}"));
+    let incoming = TcpListenerStream::new(listener).map(|s| {
+        s.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    let service = AuthorizationServer::new(Floor).max_decoding_message_size(256 * 1024);
+    let server = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming(incoming);
+    tokio::select! {
+        r = server => if let Err(e) = r { eprintln!("floor: {e}"); },
+        _ = shutdown() => {}
+    }
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+// --- what twofa-authz needs around it ---------------------------------------
+
+/// Issuer, Redis and signed tokens of verified sessions: shared by every
+/// server started in one invocation.
+struct Fixture {
+    issuer: String,
+    kc_addr: SocketAddr,
+    redis_url: String,
+    _redis: Option<Guard>,
+    tokens: Arc<Vec<String>>,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn start(args: &Args, tokens: usize) -> Fixture {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let pem = std::fs::read_to_string(root.join("tests/fixtures/keycloak/sig-a.key.pem"))
+            .expect("key fixture");
+        let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem).expect("pkcs8");
+        let b64 = |b: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let (n, e) = (b64(key.n().to_bytes_be()), b64(key.e().to_bytes_be()));
+        let enc = EncodingKey::from_rsa_der(key.to_pkcs1_der().expect("der").as_bytes());
+
+        // A Keycloak-shaped issuer: discovery and certs under /realms/bench.
+        let kc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let kc_addr: SocketAddr = kc.local_addr().expect("addr");
+        let issuer = format!("http://{kc_addr}/realms/bench");
+        let disco = json!({ "issuer": issuer, "jwks_uri": format!("{issuer}/protocol/openid-connect/certs") });
+        let certs = json!({ "keys": [{ "kid": "bench", "kty": "RSA", "alg": "RS256", "use": "sig", "n": n, "e": e }] });
+        let app = axum::Router::new()
+            .route(
+                "/realms/bench/.well-known/openid-configuration",
+                axum::routing::get(move || async move { axum::Json(disco) }),
+            )
+            .route(
+                "/realms/bench/protocol/openid-connect/certs",
+                axum::routing::get(move || async move { axum::Json(certs) }),
+            );
+        tokio::spawn(async move { axum::serve(kc, app).await });
+
+        let mut redis = None;
+        let redis_url = if args.store == "redis" {
+            let port = free_port();
+            let child = Command::new(&args.redis_server)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            redis = Some(Guard(child));
+            let url = format!("redis://127.0.0.1:{port}");
+            wait_for_redis(&url).await;
+            url
+        } else {
+            "memory://".to_string()
+        };
+
+        let now = unix_now();
+        let started = Instant::now();
+        let tokens = sign_tokens(&issuer, &enc, now, tokens);
+        eprintln!(
+            "signed {} tokens in {:.1} s",
+            tokens.len(),
+            started.elapsed().as_secs_f64()
         );
-    tokio::spawn(async move { axum::serve(kc, app).await });
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut _redis = None;
-    let redis_url = if args.store == "redis" {
-        let port = free_port();
-        let child = Command::new(&args.redis_server)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        _redis = Some(Guard(child));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        format!("redis://127.0.0.1:{port}")
-    } else {
-        "memory://".to_string()
-    };
-
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
-    let mut tokens = Vec::with_capacity(args.tokens);
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("bench".into());
-    for i in 0..args.tokens {
-        let (sub, sid) = (format!("user-{i}"), format!("session-{i}"));
-        let claims = json!({
-            "exp": now + 7200, "iat": now, "jti": format!("j{i}"), "iss": issuer, "aud": "account",
-            "sub": sub, "typ": "Bearer", "azp": "spa", "sid": sid, "preferred_username": format!("user{i}"),
-            "email": format!("user{i}@example.com"), "email_verified": true,
-            "realm_access": { "roles": ["offline_access", "uma_authorization", "default-roles-bench"] },
-            "scope": "openid email profile",
-        });
-        tokens.push(format!(
-            "Bearer {}",
-            jsonwebtoken::encode(&header, &claims, &enc).expect("sign")
-        ));
         if args.store == "redis" {
-            let ids = twofa_authz::store::SessionIds::new(&issuer, &sub, &sid);
-            let client = redis::Client::open(redis_url.as_str()).expect("redis url");
-            let mut c = client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("redis");
-            let _: () = redis::cmd("SET")
-                .arg(format!("twofa:sv:{}", ids.session))
-                .arg(json!({"f": "totp", "at": now}).to_string())
-                .arg("EX")
-                .arg(7200)
-                .query_async(&mut c)
-                .await
-                .expect("mark session");
+            let started = Instant::now();
+            mark_verified(&issuer, &redis_url, tokens.len(), now).await;
+            eprintln!(
+                "marked {} sessions verified in {:.1} s",
+                tokens.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Fixture {
+            issuer,
+            kc_addr,
+            redis_url,
+            _redis: redis,
+            tokens: Arc::new(tokens),
+            dir: tempfile::tempdir().expect("tempdir"),
         }
     }
+}
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+async fn wait_for_redis(url: &str) {
+    let client = redis::Client::open(url).expect("redis url");
+    for _ in 0..100 {
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            if redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("redis-server at {url} did not answer within 5 s");
+}
+
+fn subject(i: usize) -> (String, String) {
+    (format!("user-{i}"), format!("session-{i}"))
+}
+
+/// RS256 tokens with Keycloak's claims, signed on every core.
+fn sign_tokens(issuer: &str, enc: &EncodingKey, now: i64, count: usize) -> Vec<String> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = count.div_ceil(threads).max(1);
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("bench".into());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..count)
+            .step_by(chunk)
+            .map(|start| {
+                let header = &header;
+                s.spawn(move || {
+                    (start..(start + chunk).min(count))
+                        .map(|i| {
+                            let (sub, sid) = subject(i);
+                            let claims = json!({
+                                "exp": now + 7200, "iat": now, "jti": format!("j{i}"), "iss": issuer,
+                                "aud": "account", "sub": sub, "typ": "Bearer", "azp": "spa", "sid": sid,
+                                "preferred_username": format!("user{i}"),
+                                "email": format!("user{i}@example.com"), "email_verified": true,
+                                "realm_access": { "roles": ["offline_access", "uma_authorization", "default-roles-bench"] },
+                                "scope": "openid email profile",
+                            });
+                            let jwt = jsonwebtoken::encode(header, &claims, enc).expect("sign");
+                            format!("Bearer {jwt}")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("signing thread"))
+            .collect()
+    })
+}
+
+/// Marks every session second-factor verified through the server's own
+/// session store, so the stored format is whatever the server reads.
+async fn mark_verified(issuer: &str, redis_url: &str, count: usize, now: i64) {
+    use twofa_authz::store::{Factor, SessionIds, Verified};
+    let cfg = twofa_authz::config::StorageConfig {
+        redis_url: twofa_authz::config::SecretUrl::new(redis_url),
+        ..Default::default()
+    };
+    let clock: twofa_authz::clock::SharedClock = Arc::new(twofa_authz::clock::SystemClock);
+    let store = twofa_authz::store::session_store(&cfg, clock).expect("session store");
+    let v = Verified {
+        factor: Factor::Totp,
+        at: now,
+    };
+    let failures = futures::stream::iter(0..count)
+        .map(|i| {
+            let store = store.clone();
+            async move {
+                let (sub, sid) = subject(i);
+                store
+                    .put(
+                        &SessionIds::new(issuer, &sub, &sid),
+                        v,
+                        Duration::from_secs(7200),
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .filter(|r| std::future::ready(r.is_err()))
+        .count()
+        .await;
+    assert_eq!(
+        failures, 0,
+        "{failures} sessions could not be marked verified"
+    );
+}
+
+/// A twofa-authz process on free loopback ports.
+struct Twofa {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    pid: u32,
+    _child: Guard,
+}
+
+async fn start_twofa(args: &Args, fx: &Fixture, name: &str) -> Twofa {
     let (grpc_port, http_port) = (free_port(), free_port());
-    let cfg = dir.path().join("bench.toml");
+    let cfg = fx.dir.path().join(format!("{name}.toml"));
+    let cache = args
+        .token_capacity
+        .map(|n| format!("[cache]\ntoken_capacity = {n}\n"))
+        .unwrap_or_default();
     std::fs::write(
         &cfg,
         format!(
             "[server]\ngrpc_addr = \"127.0.0.1:{grpc_port}\"\nhttp_addr = \"127.0.0.1:{http_port}\"\n\
-             [keycloak]\nurl = \"http://{kc_addr}\"\nrealm = \"bench\"\n\
-             [storage]\nredis_url = \"{redis_url}\"\ndatabase_url = \"sqlite://{}\"\n\
+             [keycloak]\nurl = \"http://{}\"\nrealm = \"bench\"\n\
+             [storage]\nredis_url = \"{}\"\ndatabase_url = \"sqlite://{}\"\n\
+             {cache}\
              [security]\nencryption_keys = [\"bench:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"]\n\
              [policy]\ndefault = \"2fa\"\nrules = [{{ path_prefix = \"/user\", require = \"token\" }}]\n\
              [log]\nlevel = \"warn\"\n",
-            dir.path().join("bench.db").display()
+            fx.kc_addr,
+            fx.redis_url,
+            fx.dir.path().join(format!("{name}.db")).display()
         ),
     )
     .expect("write config");
-    let server = Command::new(&args.server_bin)
+    let child = Command::new(&args.server_bin)
         .args(["serve", "--config"])
         .arg(&cfg)
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", args.server_bin.display()));
-    let pid = server.id();
-    let _server = Guard(server);
+    let pid = child.id();
+    let server = Twofa {
+        grpc: SocketAddr::from(([127, 0, 0, 1], grpc_port)),
+        http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+        pid,
+        _child: Guard(child),
+    };
     let http = reqwest::Client::new();
-    let ready = format!("http://127.0.0.1:{http_port}/readyz");
-    for _ in 0..100 {
+    let ready = format!("http://{}/readyz", server.http);
+    for _ in 0..200 {
         if http
             .get(&ready)
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
         {
-            break;
+            return server;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    panic!("twofa-authz was not ready within 10 s");
+}
 
-    let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+/// The floor in its own process: this binary with `--serve-floor`.
+async fn start_floor() -> (SocketAddr, u32, Guard) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let exe = std::env::current_exe().expect("own executable");
+    let child = Command::new(exe)
+        .arg("--serve-floor")
+        .arg(addr.to_string())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the floor server");
+    let pid = child.id();
+    let guard = Guard(child);
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return (addr, pid, guard);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the floor server did not listen within 5 s");
+}
+
+async fn channels(addr: SocketAddr, n: usize) -> Vec<tonic::transport::Channel> {
+    let mut out = Vec::new();
+    for _ in 0..n.max(1) {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("endpoint")
             .tcp_nodelay(true)
             .connect()
             .await
             .expect("connect");
-        channels.push(ch);
+        out.push(ch);
     }
-    let tokens = Arc::new(tokens);
-    println!(
-        "twofa-authz loadgen: concurrency {}, connections {}, {} tokens, path {}, store {}, {} runs of {}s",
-        args.concurrency, args.connections, args.tokens, args.path, args.store, args.runs, args.duration
-    );
-    // Warm-up: every token verified once (signature cache filled), connections hot.
-    run(&channels, &tokens, &args, Duration::from_secs(2)).await;
-    let mut results = Vec::new();
-    for i in 0..args.runs {
-        let r = run(
-            &channels,
-            &tokens,
-            &args,
-            Duration::from_secs(args.duration),
-        )
-        .await;
-        println!(
-            "run {}: {:>8.0} checks/s  p50 {:>6.3} ms  p99 {:>6.3} ms  p99.9 {:>6.3} ms  max {:>6.3} ms  ok {} denied/errors {}",
-            i + 1, r.rate, r.p50, r.p99, r.p999, r.max, r.ok, r.bad
-        );
-        results.push(r);
-    }
-    let (hwm, rss) = rss_of(pid);
-    results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-    let med = &results[results.len() / 2];
-    println!(
-        "median: {:.0} checks/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  | server peak RSS {:.1} MB (now {:.1} MB)",
-        med.rate, med.p50, med.p99, med.p999, hwm as f64 / 1024.0, rss as f64 / 1024.0
-    );
+    out
 }
 
+// --- measuring --------------------------------------------------------------
+
+#[derive(Clone, Copy)]
 struct RunResult {
     rate: f64,
     p50: f64,
@@ -255,6 +477,61 @@ struct RunResult {
     max: f64,
     ok: u64,
     bad: u64,
+}
+
+fn check_request(token: &str, path: &str, n: usize) -> CheckRequest {
+    let mut headers = std::collections::HashMap::new();
+    headers.insert("authorization".to_string(), token.to_string());
+    headers.insert("x-request-id".to_string(), format!("bench-{n}"));
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: path.to_string(),
+                    host: "app.example.com".into(),
+                    scheme: "http".into(),
+                    protocol: "HTTP/1.1".into(),
+                    headers,
+                    ..Default::default()
+                }),
+            }),
+            context_extensions: Default::default(),
+        }),
+    }
+}
+
+fn allowed(r: &Result<tonic::Response<CheckResponse>, tonic::Status>) -> bool {
+    matches!(r, Ok(r) if r.get_ref().status.as_ref().is_some_and(|s| s.code == 0))
+}
+
+/// Checks every token exactly once (the signature cache fills), spread over
+/// the connections; returns how many were not allowed.
+async fn warm_every_token(
+    channels: &[tonic::transport::Channel],
+    tokens: &Arc<Vec<String>>,
+    args: &Args,
+) -> u64 {
+    let workers = args.concurrency.max(1);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let mut client = AuthorizationClient::new(channels[w % channels.len()].clone());
+        let (tokens, path) = (tokens.clone(), args.path.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut bad = 0u64;
+            for i in (w..tokens.len()).step_by(workers) {
+                if !allowed(&client.check(check_request(&tokens[i], &path, i)).await) {
+                    bad += 1;
+                }
+            }
+            bad
+        }));
+    }
+    let mut bad = 0;
+    for t in tasks {
+        bad += t.await.unwrap_or(u64::MAX / 2);
+    }
+    bad
 }
 
 async fn run(
@@ -266,44 +543,26 @@ async fn run(
     let start = Instant::now();
     let deadline = start + dur;
     let mut tasks = Vec::new();
-    for w in 0..args.concurrency {
+    let workers = args.concurrency.max(1);
+    for w in 0..workers {
         let mut client = AuthorizationClient::new(channels[w % channels.len()].clone());
-        let tokens = tokens.clone();
-        let path = args.path.clone();
+        let (tokens, path) = (tokens.clone(), args.path.clone());
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(100_000);
+            let mut lat = Vec::with_capacity(1 << 16);
             let (mut ok, mut bad) = (0u64, 0u64);
-            let mut i = w;
+            // Workers start spread over the token list, so that concurrent
+            // calls are of different sessions, and each walks all of it.
+            let mut i = w * tokens.len() / workers;
             while Instant::now() < deadline {
-                let mut headers = std::collections::HashMap::new();
-                headers.insert(
-                    "authorization".to_string(),
-                    tokens[i % tokens.len()].clone(),
-                );
-                headers.insert("x-request-id".to_string(), format!("{w}-{i}"));
-                i += args_stride();
-                let req = CheckRequest {
-                    attributes: Some(AttributeContext {
-                        request: Some(Request {
-                            http: Some(HttpRequest {
-                                method: "GET".into(),
-                                path: path.clone(),
-                                host: "app.example.com".into(),
-                                scheme: "http".into(),
-                                protocol: "HTTP/1.1".into(),
-                                headers,
-                                ..Default::default()
-                            }),
-                        }),
-                        context_extensions: Default::default(),
-                    }),
-                };
+                let req = check_request(&tokens[i % tokens.len()], &path, i);
+                i += 1;
                 let t = Instant::now();
                 let resp = client.check(req).await;
-                lat.push(t.elapsed().as_micros() as u32);
-                match resp {
-                    Ok(r) if r.get_ref().status.as_ref().is_some_and(|s| s.code == 0) => ok += 1,
-                    _ => bad += 1,
+                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                if allowed(&resp) {
+                    ok += 1;
+                } else {
+                    bad += 1;
                 }
             }
             (lat, ok, bad)
@@ -312,10 +571,17 @@ async fn run(
     let mut all = Vec::new();
     let (mut ok, mut bad) = (0, 0);
     for t in tasks {
-        let (l, o, b) = t.await.expect("worker");
-        all.extend(l);
-        ok += o;
-        bad += b;
+        match t.await {
+            Ok((l, o, b)) => {
+                all.extend(l);
+                ok += o;
+                bad += b;
+            }
+            Err(e) => {
+                eprintln!("a load worker failed: {e}");
+                bad += 1;
+            }
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
@@ -336,10 +602,227 @@ async fn run(
     }
 }
 
-/// Workers step through the token list with a prime stride so that
-/// concurrent calls use different sessions.
-fn args_stride() -> usize {
-    7
+/// One measured side: a name, its connections and its process.
+struct Side {
+    name: &'static str,
+    channels: Vec<tonic::transport::Channel>,
+    pid: u32,
+    runs: Vec<RunResult>,
+}
+
+struct Summary {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    hwm_mib: f64,
+    bad: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+impl Side {
+    fn summary(&self) -> Summary {
+        let of = |f: fn(&RunResult) -> f64| median(self.runs.iter().map(f).collect());
+        Summary {
+            rate: of(|r| r.rate),
+            p50: of(|r| r.p50),
+            p99: of(|r| r.p99),
+            p999: of(|r| r.p999),
+            hwm_mib: rss_of(self.pid).0 as f64 / 1024.0,
+            bad: self.runs.iter().map(|r| r.bad).sum(),
+        }
+    }
+}
+
+fn print_run(i: usize, name: &str, r: &RunResult) {
+    println!(
+        "run {i} {name:<11} {:>8.0} checks/s  p50 {:>6.3} ms  p99 {:>6.3} ms  p99.9 {:>6.3} ms  max {:>7.3} ms  ok {} denied/errors {}",
+        r.rate, r.p50, r.p99, r.p999, r.max, r.ok, r.bad
+    );
+}
+
+fn print_summary(name: &str, s: &Summary) {
+    println!(
+        "{name:<11} median {:>8.0} checks/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  peak RSS {:.1} MiB",
+        s.rate, s.p50, s.p99, s.p999, s.hwm_mib
+    );
+    if s.bad > 0 {
+        println!(
+            "{name:<11} WARNING: {} calls denied or failed; these figures are not of the allowed path",
+            s.bad
+        );
+    }
+}
+
+/// Measures one token count against a fresh twofa-authz (and the floor, if
+/// given), runs alternating; returns (twofa, floor) summaries.
+async fn measure(
+    args: &Args,
+    fx: &Fixture,
+    tokens: usize,
+    floor: Option<(SocketAddr, u32)>,
+) -> (Summary, Option<Summary>) {
+    let tokens = Arc::new(fx.tokens[..tokens].to_vec());
+    let server = start_twofa(args, fx, &format!("twofa-{}", tokens.len())).await;
+    let mut sides = vec![Side {
+        name: "twofa-authz",
+        channels: channels(server.grpc, args.connections).await,
+        pid: server.pid,
+        runs: vec![],
+    }];
+    if let Some((addr, pid)) = floor {
+        sides.push(Side {
+            name: "floor",
+            channels: channels(addr, args.connections).await,
+            pid,
+            runs: vec![],
+        });
+    }
+    println!(
+        "--- {} tokens, path {}, store {}, concurrency {}, connections {}, {} runs of {} s per side{}",
+        tokens.len(),
+        args.path,
+        args.store,
+        args.concurrency,
+        args.connections,
+        args.runs,
+        args.duration,
+        args.token_capacity
+            .map(|n| format!(", cache.token_capacity {n}"))
+            .unwrap_or_default()
+    );
+    let started = Instant::now();
+    let bad = warm_every_token(&sides[0].channels, &tokens, args).await;
+    assert_eq!(
+        bad,
+        0,
+        "{bad} of {} tokens were not allowed while warming up",
+        tokens.len()
+    );
+    println!(
+        "warm-up: each of the {} tokens checked once ({:.1} s)",
+        tokens.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for side in &sides {
+        // Connections hot, and the server past its first allocations.
+        run(&side.channels, &tokens, args, Duration::from_secs(2)).await;
+    }
+    for i in 1..=args.runs {
+        for side in &mut sides {
+            let r = run(
+                &side.channels,
+                &tokens,
+                args,
+                Duration::from_secs(args.duration),
+            )
+            .await;
+            print_run(i, side.name, &r);
+            side.runs.push(r);
+        }
+    }
+    let twofa = sides[0].summary();
+    print_summary(sides[0].name, &twofa);
+    let floor = sides.get(1).map(|f| {
+        let s = f.summary();
+        print_summary(f.name, &s);
+        println!(
+            "ratio twofa-authz/floor: {:.2} (checks/s)  p99 {:+.3} ms  p99.9 {:+.3} ms",
+            twofa.rate / s.rate.max(1.0),
+            twofa.p99 - s.p99,
+            twofa.p999 - s.p999
+        );
+        s
+    });
+    (twofa, floor)
+}
+
+async fn bench(args: Args) {
+    if let Some(file) = args.serve_stack.clone() {
+        return serve_stack(&args, &file).await;
+    }
+    let counts: Vec<usize> = if args.scale {
+        vec![1_000, 10_000, 100_000]
+    } else {
+        vec![args.tokens.max(1)]
+    };
+    let most = counts.iter().copied().max().unwrap_or(1);
+    let fx = Fixture::start(&args, most).await;
+    let (floor, _floor_guard) = if args.floor {
+        let (addr, pid, guard) = start_floor().await;
+        (Some((addr, pid)), Some(guard))
+    } else {
+        (None, None)
+    };
+    let mut results = Vec::new();
+    for &n in &counts {
+        let (twofa, floor) = measure(&args, &fx, n, floor).await;
+        results.push((n, twofa, floor));
+    }
+    if results.len() > 1 {
+        let base = results[0].1.rate.max(1.0);
+        println!(
+            "--- scale (cache.token_capacity {}):",
+            args.token_capacity.map_or_else(
+                || format!(
+                    "{} (default)",
+                    twofa_authz::token::DEFAULT_TOKEN_CACHE_CAPACITY
+                ),
+                |n| n.to_string()
+            )
+        );
+        println!(
+            "{:>8}  {:>12}  {:>8}  {:>8}  {:>10}  {:>9}  {:>11}",
+            "tokens", "checks/s", "p99 ms", "p99.9 ms", "peak MiB", "ratio 1k", "twofa/floor"
+        );
+        for (n, t, f) in &results {
+            println!(
+                "{n:>8}  {:>12.0}  {:>8.3}  {:>8.3}  {:>10.1}  {:>9.2}  {:>11}",
+                t.rate,
+                t.p99,
+                t.p999,
+                t.hwm_mib,
+                t.rate / base,
+                f.as_ref().map_or("-".to_string(), |f| format!(
+                    "{:.2}",
+                    t.rate / f.rate.max(1.0)
+                ))
+            );
+        }
+    }
+}
+
+// --- the stack for scripts/bench-envoy.sh -----------------------------------
+
+async fn serve_stack(args: &Args, file: &Path) {
+    let fx = Fixture::start(args, args.tokens.max(1)).await;
+    let server = start_twofa(args, &fx, "twofa").await;
+    // The do-nothing upstream behind Envoy.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the upstream");
+    let upstream_addr = upstream.local_addr().expect("addr");
+    let app = axum::Router::new().fallback(|| async { "" });
+    tokio::spawn(async move { axum::serve(upstream, app).await });
+    // Shell-quotable: tokens and addresses hold no quote characters.
+    let env = format!(
+        "TWOFA_GRPC={}\nTWOFA_HTTP={}\nTWOFA_PID={}\nUPSTREAM={}\nISSUER={}\nTOKEN='{}'\n",
+        server.grpc, server.http, server.pid, upstream_addr, fx.issuer, fx.tokens[0]
+    );
+    // Written whole, then renamed: a reader never sees half of it.
+    let tmp = file.with_extension("partial");
+    std::fs::write(&tmp, env).expect("write the stack file");
+    std::fs::rename(&tmp, file).expect("rename the stack file");
+    eprintln!("stack ready: {}", file.display());
+    shutdown().await;
 }
 
 /// (VmHWM, VmRSS) in KiB from /proc.

@@ -139,6 +139,7 @@ impl AppState {
                 leeway,
                 jwks,
                 clock.clone(),
+                cfg.cache.token_capacity,
             );
             (v, Some(dev))
         } else {
@@ -163,6 +164,7 @@ impl AppState {
                 leeway,
                 jwks,
                 clock.clone(),
+                cfg.cache.token_capacity,
             );
             (v, None)
         };

@@ -148,3 +148,58 @@ impl Metrics {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The per-decision counters are resolved at start: every series of
+    /// section 7 is exported (at 0) before the first Check, and recording an
+    /// outcome moves exactly its own series.
+    #[test]
+    fn check_counters_are_resolved_once_and_land_on_their_labels() {
+        let m = Metrics::new().expect("metrics");
+        let decisions = [
+            (Outcome::Allow, "allow"),
+            (Outcome::MissingToken, "missing_token"),
+            (Outcome::InvalidToken, "invalid_token"),
+            (Outcome::SecondFactorRequired, "second_factor_required"),
+            (Outcome::Unavailable, "unavailable"),
+        ];
+        let text = m.render();
+        for source in ["grpc", "http"] {
+            for (_, d) in decisions {
+                let series = format!("twofa_checks_total{{decision=\"{d}\",source=\"{source}\"}}");
+                assert_eq!(sample(&text, &series), Some(0.0), "{series} in\n{text}");
+            }
+        }
+        for (n, (outcome, _)) in decisions.iter().enumerate() {
+            for _ in 0..=n {
+                m.grpc_checks.record(*outcome, 0.001);
+            }
+        }
+        m.http_checks.record(Outcome::Allow, 0.002);
+        let text = m.render();
+        for (n, (_, d)) in decisions.iter().enumerate() {
+            let grpc = format!("twofa_checks_total{{decision=\"{d}\",source=\"grpc\"}}");
+            assert_eq!(sample(&text, &grpc), Some((n + 1) as f64), "{grpc}");
+            let http = format!("twofa_checks_total{{decision=\"{d}\",source=\"http\"}}");
+            let want = if *d == "allow" { 1.0 } else { 0.0 };
+            assert_eq!(sample(&text, &http), Some(want), "{http}");
+        }
+        assert_eq!(
+            sample(&text, "twofa_check_duration_seconds_count{source=\"grpc\"}"),
+            Some(15.0)
+        );
+        assert_eq!(
+            sample(&text, "twofa_check_duration_seconds_count{source=\"http\"}"),
+            Some(1.0)
+        );
+    }
+}

@@ -269,7 +269,7 @@ impl Authorizer {
     /// them; the operator's enabled methods when unknown (first visit, or
     /// the hint store cannot answer: a denial never waits on it).
     async fn methods_of(&self, id: &Identity) -> Vec<String> {
-        let key = methods_hint_key(&crate::token::subject_hash(&id.iss, &id.sub));
+        let key = methods_hint_key(&crate::token::subject_hash(id.iss(), id.sub()));
         match self.hints.get(&key).await {
             Ok(Some(json)) => match serde_json::from_str::<Vec<String>>(&json) {
                 Ok(list) => list
@@ -283,10 +283,10 @@ impl Authorizer {
     }
 
     async fn session_state(&self, id: &Identity) -> SessionState {
-        let Some(key) = id.session_key.as_deref() else {
+        let Some(key) = id.session_key() else {
             return SessionState::NoSession;
         };
-        match self.sessions.get(key).await {
+        match self.sessions.get(&key.hex()).await {
             Ok(Some(v)) => SessionState::Verified(v),
             Ok(None) => SessionState::NotVerified,
             Err(e) => {
@@ -349,18 +349,12 @@ impl IdentityHeaders {
         let factor: Cow<'a, str> = Cow::Borrowed(second.map_or("none", |v| v.factor.as_str()));
         let at = second.map(|v| Cow::Owned(v.at.to_string()));
         [
-            (
-                self.user.as_str(),
-                id.username.as_deref().map(Cow::Borrowed),
-            ),
-            (self.subject.as_str(), Some(Cow::Borrowed(id.sub.as_str()))),
-            (self.email.as_str(), id.email.as_deref().map(Cow::Borrowed)),
+            (self.user.as_str(), id.username().map(Cow::Borrowed)),
+            (self.subject.as_str(), Some(Cow::Borrowed(id.sub()))),
+            (self.email.as_str(), id.email().map(Cow::Borrowed)),
             (self.second_factor.as_str(), Some(factor)),
             (self.second_factor_at.as_str(), at),
-            (
-                self.groups.as_str(),
-                Some(Cow::Borrowed(id.groups.as_str())),
-            ),
+            (self.groups.as_str(), Some(Cow::Borrowed(id.groups()))),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.filter(|v| header_safe(v)).map(|v| (k, v)))
@@ -378,22 +372,22 @@ mod tests {
     use std::time::Duration;
 
     fn id(sid: Option<&str>) -> Arc<Identity> {
-        Arc::new(Identity {
-            iss: "https://kc/realms/r".into(),
-            sub: "u1".into(),
-            sid: sid.map(String::from),
-            username: Some("alice".into()),
-            email: Some("a@example.com".into()),
-            email_verified: true,
-            given_name: None,
-            family_name: None,
-            locale: None,
-            groups: "admin,user".into(),
-            exp: 2_000_000_000,
-            iat: None,
-            valid_until: 2_000_000_030,
-            session_key: sid.map(|s| crate::token::session_hash("https://kc/realms/r", "u1", s)),
-        })
+        Arc::new(Identity::new(
+            "https://kc/realms/r".into(),
+            crate::token::IdentityParts {
+                sub: "u1",
+                sid,
+                username: Some("alice"),
+                email: Some("a@example.com"),
+                email_verified: true,
+                given_name: None,
+                family_name: None,
+                locale: None,
+                roles: &["admin", "user"],
+                exp: 2_000_000_000,
+                valid_until: 2_000_000_030,
+            },
+        ))
     }
 
     fn need(r: Requirement, max_age: Option<u64>) -> Need {
@@ -556,8 +550,7 @@ mod tests {
         assert!(v.contains(&("x-auth-request-second-factor".into(), "sms".into())));
         assert!(v.contains(&("x-auth-request-second-factor-at".into(), "42".into())));
         assert!(v.contains(&("x-auth-request-groups".into(), "admin,user".into())));
-        let mut evil = (*who).clone();
-        evil.username = Some("bob\r\nx-evil: 1".into());
+        let evil = who.with_username(Some("bob\r\nx-evil: 1"));
         assert!(!h
             .values(&evil, None)
             .any(|(k, _)| k == "x-auth-request-user"));

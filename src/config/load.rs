@@ -247,6 +247,9 @@ pub const ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 pub const METHODS: &[&str] = &["totp", "email", "sms", "recovery"];
+/// 16 Mi entries is some 10 GiB of verified tokens: beyond that a value is a
+/// typo, not a deployment.
+const MAX_CACHE_CAPACITY: usize = 1 << 24;
 
 fn validate(c: &Config) -> Result<(), ConfigError> {
     let grpc = c.server.grpc_socket()?;
@@ -375,6 +378,13 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             "storage.key_prefix",
             "at most 64 characters, no spaces",
+        ));
+    }
+
+    if c.cache.token_capacity > MAX_CACHE_CAPACITY {
+        return Err(ConfigError::new(
+            "cache.token_capacity",
+            format!("at most {MAX_CACHE_CAPACITY} (about 600 bytes each); 0 turns the cache off"),
         ));
     }
 
@@ -721,6 +731,31 @@ mod tests {
         assert_eq!(c.totp.issuer, "2FA-Middleware");
         assert_eq!(c.policy.default, Requirement::TwoFa);
         assert_eq!(c.policy.identity_header_prefix, "x-auth-request-");
+        assert_eq!(c.cache.token_capacity, 65_536);
+    }
+
+    #[test]
+    fn the_token_cache_is_sized_by_cache_token_capacity() {
+        let mut env = base_env();
+        env.push(("TWOFA_CACHE__TOKEN_CAPACITY".into(), "0".into()));
+        assert_eq!(load(None, env, false).unwrap().cache.token_capacity, 0);
+        let mut env = base_env();
+        env.push(("TWOFA_CACHE__TOKEN_CAPACITY".into(), "1000000000".into()));
+        assert_eq!(
+            load(None, env, false).unwrap_err().key,
+            "cache.token_capacity"
+        );
+        let mut env = base_env();
+        env.push(("TWOFA_CACHE__TOKEN_CAPACITY".into(), "-1".into()));
+        assert_eq!(
+            load(None, env, false).unwrap_err().key,
+            "cache.token_capacity"
+        );
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[cache]\ntoken_capacity = 1000\n").unwrap();
+        let c = load(Some(f.path()), base_env(), false).unwrap();
+        assert_eq!(c.cache.token_capacity, 1000);
+        assert!(c.redacted_toml().contains("[cache]\ntoken_capacity = 1000"));
     }
 
     #[test]

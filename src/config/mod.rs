@@ -22,6 +22,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub keycloak: KeycloakConfig,
     pub storage: StorageConfig,
+    pub cache: CacheConfig,
     pub security: SecurityConfig,
     pub totp: TotpConfig,
     pub email: EmailConfig,
@@ -143,6 +144,24 @@ impl Default for StorageConfig {
             pool_size: 16,
             key_prefix: "twofa:".into(),
             auto_migrate: true,
+        }
+    }
+}
+
+/// In-memory caches on the Check path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Verified tokens remembered (by SHA-256, until `exp` plus the leeway,
+    /// all forgotten when the issuer's key set changes), so that a repeat
+    /// request skips the signature check. `0` verifies every token.
+    pub token_capacity: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            token_capacity: crate::token::DEFAULT_TOKEN_CACHE_CAPACITY,
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::token::Identity;
 /// The part of short-lived keys that names a user: a hash of (iss, sub), so
 /// keys stay short and free of whatever characters an issuer puts in `sub`.
 pub fn user_key(id: &Identity) -> String {
-    crate::token::subject_hash(&id.iss, &id.sub)
+    crate::token::subject_hash(id.iss(), id.sub())
 }
 
 /// The attempt budget of this deployment.
@@ -36,7 +36,7 @@ pub fn budget(state: &AppState) -> lockout::Budget<'_> {
 /// 423 `factor_locked` once the consecutive-failure cap is reached, 429
 /// `too_many_attempts` (with the time left) while locked out.
 pub async fn guard(state: &AppState, id: &Identity) -> Result<(), Error> {
-    let r = budget(state).check(&user_key(id), &id.sub).await;
+    let r = budget(state).check(&user_key(id), id.sub()).await;
     if let Err(e @ (Error::FactorLocked | Error::TooManyAttempts { .. })) = &r {
         let label = if matches!(e, Error::FactorLocked) {
             "factor_locked"
@@ -56,7 +56,7 @@ pub async fn guard(state: &AppState, id: &Identity) -> Result<(), Error> {
 /// `attempts_remaining`, 429 when this failure starts a lockout, 423 when
 /// it reaches the consecutive-failure cap.
 pub async fn wrong_code(state: &AppState, id: &Identity, method: Factor) -> Error {
-    let failure = match budget(state).fail(&user_key(id), &id.sub).await {
+    let failure = match budget(state).fail(&user_key(id), id.sub()).await {
         Ok(f) => f,
         Err(e) => return e,
     };
@@ -89,7 +89,7 @@ pub async fn wrong_code(state: &AppState, id: &Identity, method: Factor) -> Erro
 /// count start over.
 pub async fn right_code(state: &AppState, id: &Identity, method: Factor) -> Result<(), Error> {
     record_verification(state, method, "success");
-    budget(state).succeed(&user_key(id), &id.sub).await
+    budget(state).succeed(&user_key(id), id.sub()).await
 }
 
 /// `twofa_verifications_total{method, result}`. Results used: `success`,
@@ -118,7 +118,7 @@ pub async fn mark_session_verified(
     state
         .sessions
         .put(
-            &SessionIds::new(&id.iss, &id.sub, sid),
+            &SessionIds::new(id.iss(), id.sub(), sid),
             v,
             state.cfg.security.second_factor_ttl.get(),
         )
@@ -128,7 +128,7 @@ pub async fn mark_session_verified(
 
 /// The token's `sid`, which every session-bound step needs.
 pub fn require_sid(id: &Identity) -> Result<&str, Error> {
-    id.sid.as_deref().ok_or_else(|| {
+    id.sid().ok_or_else(|| {
         Error::InvalidRequest(
             "the token carries no session (`sid`): a second factor is passed per Keycloak session"
                 .into(),
@@ -138,9 +138,9 @@ pub fn require_sid(id: &Identity) -> Result<&str, Error> {
 
 /// What the token's session passed, if anything (and still valid).
 pub async fn session_verified(state: &AppState, id: &Identity) -> Result<Option<Verified>, Error> {
-    match id.session_key.as_deref() {
+    match id.session_key() {
         None => Ok(None),
-        Some(k) => Ok(state.sessions.get(k).await?),
+        Some(k) => Ok(state.sessions.get(&k.hex()).await?),
     }
 }
 
@@ -151,11 +151,7 @@ pub fn email_verified(p: &Profile, id: &Identity) -> bool {
         return false;
     };
     p.email_verified
-        || (id.email_verified
-            && id
-                .email
-                .as_deref()
-                .is_some_and(|e| e.eq_ignore_ascii_case(email)))
+        || (id.email_verified() && id.email().is_some_and(|e| e.eq_ignore_ascii_case(email)))
 }
 
 /// The factor-related rows of the profile store.
@@ -218,7 +214,7 @@ pub async fn require_verified_session(
     id: &Identity,
     p: &Profile,
 ) -> Result<(), Error> {
-    let e = enrolled(state, &id.sub).await?;
+    let e = enrolled(state, id.sub()).await?;
     let methods = available_methods(state, id, p, e);
     publish_methods(state, id, &methods).await;
     if methods.is_empty() {

@@ -4,25 +4,20 @@
 
 mod cache;
 mod dev;
+mod identity;
 mod jwks;
 mod validate;
 
-pub use cache::TokenCache;
+pub use cache::{TokenCache, DEFAULT_CAPACITY as DEFAULT_TOKEN_CACHE_CAPACITY};
 pub use dev::DevIssuer;
+pub use identity::{Identity, IdentityParts, SessionKey, SessionKeyHex};
 pub use jwks::{Jwks, KeySet};
-pub use validate::{parse_algorithms, Identity, TokenError, Validator, MAX_TOKEN_LEN};
+pub use validate::{parse_algorithms, TokenError, Validator, MAX_TOKEN_LEN};
 
 /// Hex SHA-256 of a session triple: the session store's key. Hashing keeps
 /// keys bounded and free of whatever characters an issuer puts in `sub`.
 pub fn session_hash(iss: &str, sub: &str, sid: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(iss.as_bytes());
-    h.update(b"\n");
-    h.update(sub.as_bytes());
-    h.update(b"\n");
-    h.update(sid.as_bytes());
-    hex::encode(h.finalize())
+    SessionKey::of(iss, sub, sid).hex().to_string()
 }
 
 /// Hex SHA-256 of (iss, sid): names a session in a logout token.

@@ -55,6 +55,10 @@ struct Fixture {
 }
 
 fn fixture(audiences: &[&str], clients: &[&str]) -> Fixture {
+    fixture_with_capacity(audiences, clients, 1024)
+}
+
+fn fixture_with_capacity(audiences: &[&str], clients: &[&str], capacity: usize) -> Fixture {
     let (sig, enc, rogue) = (key("sig-a"), key("enc"), key("rogue"));
     let set = KeySet::from_jwks(&jwks_doc(&sig, &enc), &[Algorithm::RS256]).expect("jwks");
     assert_eq!(set.len(), 1, "the enc key must be ignored");
@@ -68,6 +72,7 @@ fn fixture(audiences: &[&str], clients: &[&str]) -> Fixture {
         30,
         Jwks::fixed(set, metrics),
         clock.clone() as Arc<dyn Clock>,
+        capacity,
     );
     Fixture {
         v,
@@ -120,13 +125,17 @@ async fn a_keycloak_access_token_is_valid() {
         f.v.validate(&sign(&f.sig, "sig-1", &claims()))
             .await
             .expect("valid");
-    assert_eq!(id.sub, "f:1:alice");
-    assert_eq!(id.sid.as_deref(), Some("s-1"));
-    assert_eq!(id.username.as_deref(), Some("alice"));
-    assert_eq!(id.groups, "user,admin");
+    assert_eq!(id.iss(), ISS);
+    assert_eq!(id.sub(), "f:1:alice");
+    assert_eq!(id.sid(), Some("s-1"));
+    assert_eq!(id.username(), Some("alice"));
+    assert_eq!(id.email(), Some("alice@example.com"));
+    assert!(id.email_verified());
+    assert_eq!(id.groups(), "user,admin");
+    assert_eq!(id.valid_until(), NOW + 300 + 30);
     assert_eq!(
-        id.session_key.as_deref(),
-        Some(super::session_hash(ISS, "f:1:alice", "s-1").as_str())
+        id.session_key().map(|k| k.hex().to_string()),
+        Some(super::session_hash(ISS, "f:1:alice", "s-1"))
     );
 }
 
@@ -256,9 +265,123 @@ async fn cached_tokens_still_expire() {
     let f = fixture(&[], &[]);
     let t = sign(&f.sig, "sig-1", &claims());
     assert_eq!(reason(&f, &t).await, "valid");
+    assert_eq!(f.v.cache().len(), 1, "the token was not cached");
     assert_eq!(reason(&f, &t).await, "valid");
-    f.clock.advance(300 + 30);
+    f.clock.advance(300 + 29);
+    assert_eq!(reason(&f, &t).await, "valid", "within the leeway");
+    f.clock.advance(1);
     assert_eq!(reason(&f, &t).await, "expired");
+}
+
+#[tokio::test]
+async fn the_cache_keeps_to_its_capacity_and_answers_right() {
+    let f = fixture_with_capacity(&[], &[], 64);
+    let cap = f.v.cache().capacity() as usize;
+    let tokens: Vec<(String, String)> = (0..10 * cap)
+        .map(|i| {
+            let sub = format!("user-{i}");
+            let t = sign(
+                &f.sig,
+                "sig-1",
+                &with(|m| {
+                    m.insert("sub".into(), json!(sub));
+                }),
+            );
+            (sub, t)
+        })
+        .collect();
+    for round in 0..2 {
+        for (sub, t) in &tokens {
+            let id = f.v.validate(t).await.expect("valid");
+            assert_eq!(id.sub(), sub, "round {round}");
+            assert!(f.v.cache().len() <= cap, "{} > {cap}", f.v.cache().len());
+        }
+    }
+    assert!(f.v.cache().len() > cap / 2);
+}
+
+#[tokio::test]
+async fn a_zero_capacity_cache_verifies_every_time() {
+    let f = fixture(&[], &[]);
+    let v = Validator::new(
+        ISS.into(),
+        vec![Algorithm::RS256],
+        vec![],
+        vec![],
+        30,
+        f.v.jwks().clone(),
+        f.clock.clone() as Arc<dyn Clock>,
+        0,
+    );
+    let t = sign(&f.sig, "sig-1", &claims());
+    assert!(v.validate(&t).await.is_ok());
+    assert!(v.validate(&t).await.is_ok());
+    assert!(v.cache().is_empty());
+}
+
+/// A JWKS endpoint whose document the test replaces.
+async fn jwks_server(doc: Value) -> (String, Arc<parking_lot::Mutex<Value>>) {
+    let doc = Arc::new(parking_lot::Mutex::new(doc));
+    let served = doc.clone();
+    let app = axum::Router::new().route(
+        "/certs",
+        axum::routing::get(move || {
+            let d = served.lock().clone();
+            async move { axum::Json(d) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/certs"), doc)
+}
+
+#[tokio::test]
+async fn a_key_change_forgets_verified_tokens() {
+    let (sig, enc, sig_b) = (key("sig-a"), key("enc"), key("sig-b"));
+    let (url, doc) = jwks_server(jwks_doc(&sig, &enc)).await;
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let jwks = Jwks::remote(
+        reqwest::Client::new(),
+        ISS.into(),
+        Some(url),
+        vec![Algorithm::RS256],
+        std::time::Duration::from_secs(3600),
+        std::time::Duration::ZERO,
+        metrics,
+    );
+    jwks.refresh().await.expect("first load");
+    let clock = ManualClock::new(NOW);
+    let v = Validator::new(
+        ISS.into(),
+        vec![Algorithm::RS256],
+        vec![],
+        vec![],
+        30,
+        jwks.clone(),
+        clock as Arc<dyn Clock>,
+        1024,
+    );
+    let t = sign(&sig, "sig-1", &claims());
+    assert!(v.validate(&t).await.is_ok());
+    assert_eq!(v.cache().len(), 1);
+
+    // The same key set again: the cache stays.
+    jwks.refresh().await.expect("refresh");
+    assert_eq!(v.cache().len(), 1, "cleared although nothing changed");
+
+    // sig-1 leaves the realm; sig-2 replaces it.
+    *doc.lock() = json!({ "keys": [
+        { "kid": "sig-2", "kty": "RSA", "alg": "RS256", "use": "sig", "n": sig_b.n, "e": sig_b.e },
+    ]});
+    jwks.refresh().await.expect("refresh");
+    assert!(v.cache().is_empty(), "a key change left verified tokens");
+    match v.validate(&t).await {
+        Err(TokenError::Invalid(r)) => assert_eq!(r, "unknown key"),
+        other => panic!("a token of a withdrawn key: {:?}", other.map(|_| "valid")),
+    }
 }
 
 #[tokio::test]
@@ -359,7 +482,7 @@ async fn missing_sid_and_oversized_tokens() {
         f.v.validate(&t)
             .await
             .expect("a token without sid is still a valid token");
-    assert!(id.sid.is_none() && id.session_key.is_none());
+    assert!(id.sid().is_none() && id.session_key().is_none());
     let big = sign(
         &f.sig,
         "sig-1",
@@ -395,11 +518,11 @@ async fn the_locale_claim_is_read_and_a_strange_one_is_ignored() {
         });
         let id = f.v.validate(&sign(&f.sig, "sig-1", &c)).await;
         let id = id.unwrap_or_else(|_| panic!("locale {value} must not make the token invalid"));
-        assert_eq!(id.locale.as_deref(), want, "{value}");
+        assert_eq!(id.locale(), want, "{value}");
     }
     let id =
         f.v.validate(&sign(&f.sig, "sig-1", &claims()))
             .await
             .expect("valid");
-    assert_eq!(id.locale, None);
+    assert_eq!(id.locale(), None);
 }

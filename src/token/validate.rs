@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::cache::TokenCache;
 use super::jwks::{Jwks, Lookup};
+use super::{Identity, IdentityParts};
 use crate::clock::SharedClock;
 
 /// Tokens longer than this are refused before any parsing. Keycloak access
@@ -27,34 +28,8 @@ pub enum TokenError {
     Unavailable(&'static str),
 }
 
-/// What a valid access token says about its bearer.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub iss: String,
-    pub sub: String,
-    /// Keycloak's session id (`sid`, or the older `session_state`).
-    pub sid: Option<String>,
-    pub username: Option<String>,
-    pub email: Option<String>,
-    pub email_verified: bool,
-    pub given_name: Option<String>,
-    pub family_name: Option<String>,
-    /// The user's language (Keycloak's `locale` claim, e.g. `de`, `de-DE`),
-    /// for the messages sent to them; None when absent or implausible.
-    pub locale: Option<String>,
-    /// `realm_access.roles`, comma-joined for the groups header.
-    pub groups: String,
-    pub exp: i64,
-    pub iat: Option<i64>,
-    /// `exp` plus the leeway: when a cached copy stops being usable.
-    pub valid_until: i64,
-    /// Precomputed session-store key for (iss, sub, sid).
-    pub session_key: Option<String>,
-}
-
 #[derive(Deserialize, Clone)]
 struct Claims {
-    iss: String,
     sub: Option<String>,
     exp: Option<i64>,
     nbf: Option<i64>,
@@ -95,7 +70,8 @@ struct RealmAccess {
 }
 
 pub struct Validator {
-    issuer: String,
+    /// Shared with every cached identity, which therefore does not copy it.
+    issuer: Arc<str>,
     algorithms: Vec<Algorithm>,
     audiences: Vec<String>,
     allowed_clients: Vec<String>,
@@ -106,6 +82,8 @@ pub struct Validator {
 }
 
 impl Validator {
+    // One argument per configuration key the validator applies.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         issuer: String,
         algorithms: Vec<Algorithm>,
@@ -114,12 +92,14 @@ impl Validator {
         leeway: i64,
         jwks: Arc<Jwks>,
         clock: SharedClock,
+        token_cache_capacity: usize,
     ) -> Self {
-        let cache = Arc::new(TokenCache::new());
+        let cache = Arc::new(TokenCache::new(token_cache_capacity));
         let c = cache.clone();
+        // A key that left the set may have signed cached tokens.
         jwks.set_on_change(Box::new(move || c.clear()));
         Self {
-            issuer,
+            issuer: issuer.into(),
             algorithms,
             audiences,
             allowed_clients,
@@ -146,6 +126,11 @@ impl Validator {
         &self.allowed_clients
     }
 
+    /// The verified-token cache (tests and the memory check look at it).
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
     pub async fn validate(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Invalid("oversized"));
@@ -155,9 +140,12 @@ impl Validator {
         if let Some(id) = self.cache.get(&key, now) {
             return Ok(id);
         }
+        // Before the key lookup, so that a key change during the
+        // verification keeps its result out of the cache.
+        let generation = self.cache.generation();
         let claims: Claims = self.verify_signature(token, &self.audiences).await?;
         let id = Arc::new(self.check_claims(claims, now)?);
-        self.cache.insert(key, id.clone(), now);
+        self.cache.insert(key, id.clone(), generation);
         Ok(id)
     }
 
@@ -261,29 +249,28 @@ impl Validator {
         {
             return Err(TokenError::Invalid("claim too long"));
         }
-        let groups = c
+        let roles: Vec<&str> = c
             .realm_access
-            .map(|r| r.roles.join(","))
+            .as_ref()
+            .map(|r| r.roles.iter().map(String::as_str).collect())
             .unwrap_or_default();
-        let session_key = sid
-            .as_deref()
-            .map(|sid| super::session_hash(&c.iss, &sub, sid));
-        Ok(Identity {
-            session_key,
-            iss: c.iss,
-            sub,
-            sid,
-            username: c.preferred_username,
-            email: c.email,
-            email_verified: c.email_verified.unwrap_or(false),
-            given_name: c.given_name,
-            family_name: c.family_name,
-            locale: c.locale,
-            groups,
-            exp,
-            iat: c.iat,
-            valid_until: exp.saturating_add(lw),
-        })
+        // jsonwebtoken has checked that `iss` is ours: share our copy.
+        Ok(Identity::new(
+            self.issuer.clone(),
+            IdentityParts {
+                sub: &sub,
+                sid: sid.as_deref(),
+                username: c.preferred_username.as_deref(),
+                email: c.email.as_deref(),
+                email_verified: c.email_verified.unwrap_or(false),
+                given_name: c.given_name.as_deref(),
+                family_name: c.family_name.as_deref(),
+                locale: c.locale.as_deref(),
+                roles: &roles,
+                exp,
+                valid_until: exp.saturating_add(lw),
+            },
+        ))
     }
 }
 

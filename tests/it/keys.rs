@@ -77,6 +77,54 @@ async fn rotation_to_a_new_signing_key() {
     );
 }
 
+/// A token verified (and so cached) under a key that then leaves the realm is
+/// refused from the moment the service has seen the new key set: the
+/// verified-token cache is cleared on every key change, not kept until `exp`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_of_a_retired_key_is_refused_after_rotation() {
+    let stack = Stack::start(None).await;
+    let kc = &stack.keycloak;
+    let old = kc.token().build();
+    for attempt in ["first", "cached"] {
+        let response = check(&stack, &old.jwt).await;
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            stack.explain(attempt, &response)
+        );
+    }
+
+    // Keycloak rotates: sig-b signs from now on and sig-a leaves the JWKS.
+    kc.rotate_to(&KeyPair::sig_b());
+    kc.retire(&KeyPair::sig_a().kid);
+    let fetches = kc.jwks_fetches();
+    // A token of the new key makes the service refetch (at most once per
+    // `jwks_min_refresh_interval`, 1 s here).
+    let new = kc.token().build();
+    let response = eventually(&stack, &new.jwt, 200, Duration::from_secs(5)).await;
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        stack.explain("new key after rotation", &response)
+    );
+    assert!(
+        kc.jwks_fetches() > fetches,
+        "the new key set was never fetched"
+    );
+
+    // No waiting: the key set that no longer holds sig-a is already loaded.
+    let response = check(&stack, &old.jwt).await;
+    assert_problem(
+        &stack,
+        "cached token of the retired key",
+        &response,
+        401,
+        "invalid_token",
+    );
+}
+
 /// Unknown kids cannot make the service hammer Keycloak.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_kids_refetch_at_most_once_per_interval() {

@@ -77,7 +77,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
 pub async fn load_profile(state: &AppState, id: &Identity) -> Result<Profile, Error> {
     state
         .profiles
-        .get_profile(&id.sub)
+        .get_profile(id.sub())
         .await?
         .ok_or(Error::ProfileNotFound)
 }

@@ -57,7 +57,10 @@ pub async fn send(
     method_enabled(&state, channel)?;
     factor::require_sid(&id)?;
     // Present whenever `sid` is (both come from the same claim).
-    let session = id.session_key.clone().unwrap_or_default();
+    let session = id
+        .session_key()
+        .map(|k| k.hex().to_string())
+        .unwrap_or_default();
     let p = load_profile(&state, &id).await?;
     let dest = verified_contact(&p, &id, channel).ok_or(Error::ContactNotVerified)?;
     factor::guard(&state, &id).await?;
@@ -89,14 +92,14 @@ pub async fn send(
                     &issued.code,
                     ttl,
                     Purpose::Login,
-                    id.locale.as_deref(),
+                    id.locale(),
                 )
                 .await
         }
         Channel::Mobile => {
             state
                 .delivery
-                .send_sms_code(&dest, &issued.code, ttl, id.locale.as_deref())
+                .send_sms_code(&dest, &issued.code, ttl, id.locale())
                 .await
         }
     };
@@ -153,7 +156,7 @@ pub async fn verify(
         Purpose::Login => {
             method_enabled(&state, channel)?;
             factor::require_sid(&id)?;
-            id.session_key.clone()
+            id.session_key().map(|k| k.hex().to_string())
         }
         Purpose::Contact => None,
     };
@@ -218,8 +221,8 @@ async fn apply_contact(
     if state.cfg.keycloak.sync_verified_contacts {
         if let Some(admin) = &state.keycloak_admin {
             match channel {
-                Channel::Email => admin.set_verified_email(&id.sub, new).await?,
-                Channel::Mobile => admin.set_verified_mobile(&id.sub, new).await?,
+                Channel::Email => admin.set_verified_email(id.sub(), new).await?,
+                Channel::Mobile => admin.set_verified_mobile(id.sub(), new).await?,
             }
         }
     }
@@ -227,7 +230,7 @@ async fn apply_contact(
     // while the code was checked and Keycloak was written.
     let mut p = load_profile(state, id).await?;
     let mut notice_to = Recipients {
-        locale: id.locale.clone(),
+        locale: id.locale().map(String::from),
         ..Recipients::default()
     };
     let notice = match channel {

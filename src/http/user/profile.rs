@@ -22,8 +22,8 @@ use crate::token::Identity;
 /// Names from tokens are bounded before they are stored.
 const MAX_NAME: usize = 255;
 
-fn bounded(s: &Option<String>) -> Option<String> {
-    s.as_ref().map(|s| s.chars().take(MAX_NAME).collect())
+fn bounded(s: Option<&str>) -> Option<String> {
+    s.map(|s| s.chars().take(MAX_NAME).collect())
 }
 
 /// The profile document of INTERFACE.md section 5.
@@ -67,12 +67,12 @@ pub async fn render(state: &AppState, id: &Identity, p: &Profile) -> Result<Valu
 /// client, Keycloak's mobile attributes. Keycloak is asked before anything
 /// is written: if it fails, there is no profile, not half of one.
 pub async fn create(State(state): State<Arc<AppState>>, Auth(id): Auth) -> Result<Response, Error> {
-    if state.profiles.get_profile(&id.sub).await?.is_some() {
+    if state.profiles.get_profile(id.sub()).await?.is_some() {
         return Err(Error::ProfileExists);
     }
     let (mobile, mobile_verified) = match &state.keycloak_admin {
         Some(admin) => {
-            let m = admin.mobile(&id.sub).await?;
+            let m = admin.mobile(id.sub()).await?;
             match m.number.as_deref().map(normalize_mobile) {
                 Some(Ok(n)) => (Some(n), m.verified),
                 Some(Err(_)) => {
@@ -87,14 +87,14 @@ pub async fn create(State(state): State<Arc<AppState>>, Auth(id): Auth) -> Resul
         }
         None => (None, false),
     };
-    let email = id.email.as_deref().and_then(|e| normalize_email(e).ok());
+    let email = id.email().and_then(|e| normalize_email(e).ok());
     let now = state.clock.now();
     let p = Profile {
-        subject: id.sub.clone(),
-        username: bounded(&id.username),
-        first_name: bounded(&id.given_name),
-        last_name: bounded(&id.family_name),
-        email_verified: email.is_some() && id.email_verified,
+        subject: id.sub().to_string(),
+        username: bounded(id.username()),
+        first_name: bounded(id.given_name()),
+        last_name: bounded(id.family_name()),
+        email_verified: email.is_some() && id.email_verified(),
         email,
         mobile,
         mobile_verified,
@@ -212,14 +212,14 @@ pub async fn patch(
                         &i.code,
                         sec.otp_ttl.get(),
                         Purpose::Contact,
-                        id.locale.as_deref(),
+                        id.locale(),
                     )
                     .await
             }
             Channel::Mobile => {
                 state
                     .delivery
-                    .send_sms_code(dest, &i.code, sec.otp_ttl.get(), id.locale.as_deref())
+                    .send_sms_code(dest, &i.code, sec.otp_ttl.get(), id.locale())
                     .await
             }
         };

@@ -45,7 +45,7 @@ pub async fn verify(
     factor::guard(&state, &id).await?;
 
     let Some(remaining) =
-        recovery::redeem(state.profiles.as_ref(), &state.hashing, &id.sub, &req.code).await?
+        recovery::redeem(state.profiles.as_ref(), &state.hashing, id.sub(), &req.code).await?
     else {
         return Err(factor::wrong_code(&state, &id, Factor::Recovery).await);
     };
@@ -70,7 +70,7 @@ pub async fn regenerate(
     let p = load_profile(&state, &id).await?;
     factor::require_verified_session(&state, &id, &p).await?;
     let n = state.cfg.security.recovery_code_count as usize;
-    let codes = recovery::issue(state.profiles.as_ref(), &state.hashing, &id.sub, n).await?;
+    let codes = recovery::issue(state.profiles.as_ref(), &state.hashing, id.sub(), n).await?;
     tracing::info!("recovery codes regenerated");
     state
         .delivery

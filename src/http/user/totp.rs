@@ -45,19 +45,19 @@ pub fn notice_recipients(p: &Profile, id: &Identity) -> Recipients {
     Recipients {
         email: p.email.clone().filter(|_| factor::email_verified(p, id)),
         mobile: p.mobile.clone().filter(|_| p.mobile_verified),
-        locale: id.locale.clone(),
+        locale: id.locale().map(String::from),
     }
 }
 
 /// The account name in the authenticator app: the username, else the
 /// email, else the subject.
 fn account_name(p: &Profile, id: &Identity) -> String {
-    id.username
-        .clone()
+    id.username()
+        .map(String::from)
         .or_else(|| p.username.clone())
-        .or_else(|| id.email.clone())
+        .or_else(|| id.email().map(String::from))
         .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| id.sub.clone())
+        .unwrap_or_else(|| id.sub().to_string())
         .chars()
         .take(128)
         .collect()
@@ -72,7 +72,7 @@ pub async fn generate(
     method_enabled(&state, Factor::Totp)?;
     let p = load_profile(&state, &id).await?;
     factor::require_verified_session(&state, &id, &p).await?;
-    if state.profiles.get_totp(&id.sub).await?.is_some() {
+    if state.profiles.get_totp(id.sub()).await?.is_some() {
         return Err(Error::TotpAlreadyEnabled);
     }
     let cfg = &state.cfg;
@@ -91,7 +91,7 @@ pub async fn generate(
         state.ephemeral.as_ref(),
         &state.keys,
         &factor::user_key(&id),
-        &id.sub,
+        id.sub(),
         &secret,
         cfg.security.pending_totp_ttl.get(),
         state.clock.now(),
@@ -138,11 +138,11 @@ pub async fn verify(
 
     let u = factor::user_key(&id);
     let secret = if req.is_new_seed {
-        if state.profiles.get_totp(&id.sub).await?.is_some() {
+        if state.profiles.get_totp(id.sub()).await?.is_some() {
             return Err(Error::TotpAlreadyEnabled);
         }
         let now = state.clock.now();
-        match t::get_pending(state.ephemeral.as_ref(), &state.keys, &u, &id.sub, now).await? {
+        match t::get_pending(state.ephemeral.as_ref(), &state.keys, &u, id.sub(), now).await? {
             Some(s) => s,
             None => {
                 factor::record_verification(&state, Factor::Totp, "no_pending");
@@ -150,7 +150,7 @@ pub async fn verify(
             }
         }
     } else {
-        match t::get_enrolled(state.profiles.as_ref(), &state.keys, &id.sub).await? {
+        match t::get_enrolled(state.profiles.as_ref(), &state.keys, id.sub()).await? {
             Some(s) => s,
             None => {
                 factor::record_verification(&state, Factor::Totp, "no_pending");
@@ -167,7 +167,7 @@ pub async fn verify(
     // parallel request) is never accepted again.
     if !state
         .profiles
-        .accept_totp_step(&id.sub, m.step_start)
+        .accept_totp_step(id.sub(), m.step_start)
         .await?
     {
         tracing::info!("TOTP code refused: its time step was already used");
@@ -205,8 +205,8 @@ async fn confirm(
     u: &str,
     secret: &TotpSecret,
 ) -> Result<Vec<String>, Error> {
-    let rec = t::seal_record(&state.keys, &id.sub, secret, state.clock.now())?;
-    if !state.profiles.insert_totp(&id.sub, &rec).await? {
+    let rec = t::seal_record(&state.keys, id.sub(), secret, state.clock.now())?;
+    if !state.profiles.insert_totp(id.sub(), &rec).await? {
         // A parallel confirmation (of another pending secret) won.
         return Err(Error::TotpAlreadyEnabled);
     }
@@ -215,12 +215,12 @@ async fn confirm(
         tracing::warn!(error = %e, "could not remove the confirmed pending TOTP secret");
     }
     let n = state.cfg.security.recovery_code_count as usize;
-    match recovery::issue(state.profiles.as_ref(), &state.hashing, &id.sub, n).await {
+    match recovery::issue(state.profiles.as_ref(), &state.hashing, id.sub(), n).await {
         Ok(codes) => Ok(codes),
         Err(e) => {
             // Without its recovery codes the enrollment is not complete:
             // undo it, so the user can simply try again.
-            let _ = state.profiles.delete_totp(&id.sub).await;
+            let _ = state.profiles.delete_totp(id.sub()).await;
             Err(e)
         }
     }
@@ -231,7 +231,7 @@ async fn confirm(
 pub async fn remove(State(state): State<Arc<AppState>>, Auth(id): Auth) -> Result<Response, Error> {
     let p = load_profile(&state, &id).await?;
     factor::require_verified_session(&state, &id, &p).await?;
-    if !state.profiles.delete_totp(&id.sub).await? {
+    if !state.profiles.delete_totp(id.sub()).await? {
         return Err(Error::TotpNotEnabled);
     }
     let _ = t::clear_pending(state.ephemeral.as_ref(), &factor::user_key(&id)).await;
