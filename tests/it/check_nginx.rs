@@ -16,6 +16,9 @@ scenarios_through!(Proxy::Nginx;
     authz_unreachable_fails_closed,
     path_tricks_get_the_strict_requirement,
     client_identity_headers_never_reach_upstream,
+    ambiguous_paths_get_the_strictest_requirement,
+    more_than_one_credential_is_401,
+    spoofed_original_request_headers_are_ignored,
 );
 
 /// The check location is internal: a client cannot call it to probe or bypass.
