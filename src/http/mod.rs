@@ -145,6 +145,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         bytes
     };
     serde_json::from_slice::<IgnoredAny>(body).map_err(|e| Error::InvalidJson(e.to_string()))?;
+    // Every body of the API is an object; serde would also read a struct
+    // from an array of its fields in order (`["email"]`).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::InvalidRequest("the body must be a JSON object".into()));
+    }
     serde_json::from_slice(body).map_err(|e| Error::InvalidRequest(e.to_string()))
 }
 
@@ -202,7 +207,9 @@ mod tests {
             "{}",
             "",
             "[]",
+            r#"["email"]"#,
             "5",
+            "null",
         ] {
             assert_eq!(code(body), "invalid_request", "{body}");
         }

@@ -22,6 +22,7 @@ macro_rules! scenarios_through {
     };
 }
 
+mod bad_input;
 mod check_caddy;
 mod check_envoy;
 mod check_nginx;
@@ -33,6 +34,7 @@ mod dev_walkthrough;
 mod forward_auth;
 mod harness;
 mod keys;
+mod listener;
 mod logout;
 mod methods_hint;
 mod service;
