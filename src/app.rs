@@ -241,7 +241,7 @@ pub async fn run(
     );
 
     let mut grpc_task = tokio::spawn(grpc_server);
-    let mut http_task = tokio::spawn(async move { http_server.await });
+    let mut http_task = tokio::spawn(http_server);
 
     tokio::select! {
         _ = shutdown => {

@@ -25,7 +25,9 @@ pub enum Error {
     InvalidRequest(String),
     /// A forward-auth request without the headers its proxy always sets
     /// (INTERFACE.md section 4): a misconfigured proxy, never decided.
-    #[error("the check request does not name the original request as this endpoint's proxy does: {0}")]
+    #[error(
+        "the check request does not name the original request as this endpoint's proxy does: {0}"
+    )]
     InvalidCheckRequest(String),
     #[error("the request body is larger than 16 KiB")]
     PayloadTooLarge,

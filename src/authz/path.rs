@@ -126,7 +126,9 @@ fn cut_params(seg: &str) -> &str {
         if b[i] == b';' {
             return &seg[..i];
         }
-        if b[i] == b'%' && b.get(i + 1) == Some(&b'3') && b.get(i + 2).map(|c| c | 0x20) == Some(b'b')
+        if b[i] == b'%'
+            && b.get(i + 1) == Some(&b'3')
+            && b.get(i + 2).map(|c| c | 0x20) == Some(b'b')
         {
             return &seg[..i];
         }
@@ -277,7 +279,10 @@ mod tests {
         assert_eq!(n("/café").as_deref(), Some("/café"));
         assert_eq!(n("/a/%20b").as_deref(), Some("/a/%20b"));
         assert_eq!(n("/a;x=1/b").as_deref(), Some("/a;x=1/b"));
-        assert_eq!(n("/app/;jsessionid=1").as_deref(), Some("/app/;jsessionid=1"));
+        assert_eq!(
+            n("/app/;jsessionid=1").as_deref(),
+            Some("/app/;jsessionid=1")
+        );
         assert_eq!(n("/a./b").as_deref(), Some("/a./b"));
     }
 
@@ -290,7 +295,13 @@ mod tests {
         }
         assert!(!parse("/api/admin/x").unwrap().lenient_forms);
         assert!(!parse("/api/admin/x?Q=.;").unwrap().lenient_forms);
-        for p in ["/api/Admin", "/api/admin.json", "/x/caf%C3%A9", "/a;b", "/é"] {
+        for p in [
+            "/api/Admin",
+            "/api/admin.json",
+            "/x/caf%C3%A9",
+            "/a;b",
+            "/é",
+        ] {
             assert!(parse(p).unwrap().lenient_forms, "{p}");
         }
         for p in ["//a", "/a/", "/a/./b", "/a/../b", "/%61", "/a;b"] {
@@ -369,7 +380,15 @@ mod tests {
             };
             assert!(loosely_names(seg, target), "{seg}");
         }
-        for seg in ["administrator", "admi", "adminx", "x-admin", "adm;in", "", ".."] {
+        for seg in [
+            "administrator",
+            "admi",
+            "adminx",
+            "x-admin",
+            "adm;in",
+            "",
+            "..",
+        ] {
             assert!(!loosely_names(seg, "admin"), "{seg}");
         }
         // The Kelvin sign is a `k` to a Unicode case fold.

@@ -173,7 +173,10 @@ impl Policy {
             if !rule.applies_to(method, host) {
                 continue;
             }
-            let as_written = rule.prefix.as_deref().is_none_or(|p| segment_prefix(written, p));
+            let as_written = rule
+                .prefix
+                .as_deref()
+                .is_none_or(|p| segment_prefix(written, p));
             if as_written {
                 // Later rules can still only match leniently: keep looking
                 // only if this path has lenient readings.
@@ -517,7 +520,9 @@ mod tests {
         // `POST /api/admin` (2fa): a GET of `/api/Admin` is not about it.
         let p = policy();
         assert_eq!(req(&p, "GET", "a.com", "/api/Admin/x"), Requirement::Token);
-        let n = p.evaluate("POST", "a.com", "/api/Admin/x", None, None).unwrap();
+        let n = p
+            .evaluate("POST", "a.com", "/api/Admin/x", None, None)
+            .unwrap();
         assert_eq!(n.max_age, Some(Duration::from_secs(900)));
     }
 }

@@ -92,7 +92,9 @@ impl Authorization for AuthzService {
             // Envoy joins repeated headers with `,` (and so does
             // raw_header_map): bearer() refuses any comma as a second
             // credential.
-            authorization: AuthHeader::from_option(headers.get("authorization").map(String::as_str)),
+            authorization: AuthHeader::from_option(
+                headers.get("authorization").map(String::as_str),
+            ),
             ext_require: attrs
                 .context_extensions
                 .get(EXT_REQUIRE)

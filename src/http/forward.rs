@@ -128,7 +128,9 @@ fn single_text<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Erro
     let mut all = h.get_all(name).iter();
     match (all.next(), all.next()) {
         (None, _) => Ok(None),
-        (Some(_), Some(_)) => Err(Error::InvalidCheckRequest(format!("{name} given more than once"))),
+        (Some(_), Some(_)) => Err(Error::InvalidCheckRequest(format!(
+            "{name} given more than once"
+        ))),
         (Some(v), None) => v
             .to_str()
             .map(Some)
@@ -147,7 +149,9 @@ fn required_uri<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, Error> {
     let mut all = h.get_all(name).iter();
     match (all.next(), all.next()) {
         (None, _) => Err(Error::InvalidCheckRequest(format!("{name} is missing"))),
-        (Some(_), Some(_)) => Err(Error::InvalidCheckRequest(format!("{name} given more than once"))),
+        (Some(_), Some(_)) => Err(Error::InvalidCheckRequest(format!(
+            "{name} given more than once"
+        ))),
         (Some(v), None) => std::str::from_utf8(v.as_bytes())
             .map_err(|_| Error::InvalidCheckRequest(format!("{name} is not UTF-8"))),
     }

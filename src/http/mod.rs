@@ -148,7 +148,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     // Every body of the API is an object; serde would also read a struct
     // from an array of its fields in order (`["email"]`).
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(Error::InvalidRequest("the body must be a JSON object".into()));
+        return Err(Error::InvalidRequest(
+            "the body must be a JSON object".into(),
+        ));
     }
     serde_json::from_slice(body).map_err(|e| Error::InvalidRequest(e.to_string()))
 }
@@ -214,7 +216,9 @@ mod tests {
             assert_eq!(code(body), "invalid_request", "{body}");
         }
         assert_eq!(
-            parse_json::<SendOtp>(br#"{"otp_type": 5}"#).unwrap_err().status(),
+            parse_json::<SendOtp>(br#"{"otp_type": 5}"#)
+                .unwrap_err()
+                .status(),
             http::StatusCode::UNPROCESSABLE_ENTITY
         );
         assert_eq!(code(r#"{"otp_type": "email"}"#), "ok");

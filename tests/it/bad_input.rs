@@ -23,15 +23,30 @@ async fn json_syntax_before_shape() {
         ("/user/send-otp", r#"{"otp_type": "email"} {}"#),
     ] {
         let response = post(route, body).send().await;
-        assert_problem(&stack, &format!("{route} {body}"), &response, 400, "invalid_json");
+        assert_problem(
+            &stack,
+            &format!("{route} {body}"),
+            &response,
+            400,
+            "invalid_json",
+        );
     }
     for (route, body) in [
         ("/user/send-otp", r#"{"otp_type": 5}"#),
         ("/user/send-otp", r#"{"otp_type": "email", "unknown": 1}"#),
         ("/user/send-otp", r#"["email"]"#),
-        ("/user/verify-otp", r#"{"otp": 123456, "otp_type": "email"}"#),
+        (
+            "/user/verify-otp",
+            r#"{"otp": 123456, "otp_type": "email"}"#,
+        ),
     ] {
         let response = post(route, body).send().await;
-        assert_problem(&stack, &format!("{route} {body}"), &response, 422, "invalid_request");
+        assert_problem(
+            &stack,
+            &format!("{route} {body}"),
+            &response,
+            422,
+            "invalid_request",
+        );
     }
 }

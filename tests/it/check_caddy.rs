@@ -45,7 +45,10 @@ async fn spoofed_original_uri_never_opens_api_admin() {
     let spoofs: [&[(&str, &str)]; 4] = [
         &[("X-Original-URI", "/public")],
         &[("X-Original-URI", "/public"), ("X-Original-Method", "GET")],
-        &[("X-Forwarded-Uri", "/public"), ("X-Forwarded-Method", "GET")],
+        &[
+            ("X-Forwarded-Uri", "/public"),
+            ("X-Forwarded-Method", "GET"),
+        ],
         &[
             ("X-Original-URI", "/public"),
             ("X-Forwarded-Uri", "/public"),
@@ -64,7 +67,13 @@ async fn spoofed_original_uri_never_opens_api_admin() {
             };
             let what = format!("{method} /api/admin with {headers:?}");
             let response = spoofed().send().await;
-            assert_problem(&stack, &format!("{what}, no token"), &response, 401, "missing_token");
+            assert_problem(
+                &stack,
+                &format!("{what}, no token"),
+                &response,
+                401,
+                "missing_token",
+            );
             let response = spoofed().bearer(&unverified.jwt).send().await;
             assert_problem(
                 &stack,
@@ -104,17 +113,30 @@ async fn identity_headers_the_response_lacks_are_absent_upstream() {
         .send()
         .await;
     let echoed = assert_reached_upstream(&stack, "token without email", &response);
-    assert_eq!(echoed.header_values("x-auth-request-email"), Vec::<String>::new(), "{echoed:?}");
+    assert_eq!(
+        echoed.header_values("x-auth-request-email"),
+        Vec::<String>::new(),
+        "{echoed:?}"
+    );
     assert_eq!(
         echoed.header_values("x-auth-request-second-factor-at"),
         Vec::<String>::new(),
         "{echoed:?}"
     );
-    assert_eq!(echoed.header("x-auth-request-second-factor").as_deref(), Some("none"));
-    assert_eq!(echoed.header("x-auth-request-user").as_deref(), Some("alice"));
+    assert_eq!(
+        echoed.header("x-auth-request-second-factor").as_deref(),
+        Some("none")
+    );
+    assert_eq!(
+        echoed.header("x-auth-request-user").as_deref(),
+        Some("alice")
+    );
     for name in echoed.header_names_with_prefix(IDENTITY_PREFIX) {
         for value in echoed.header_values(&name) {
-            assert!(!value.contains('{'), "{name}: {value:?} reached the upstream");
+            assert!(
+                !value.contains('{'),
+                "{name}: {value:?} reached the upstream"
+            );
         }
     }
 
@@ -128,8 +150,14 @@ async fn identity_headers_the_response_lacks_are_absent_upstream() {
         .send()
         .await;
     let echoed = assert_reached_upstream(&stack, "verified, token without email", &response);
-    assert_eq!(echoed.header("x-auth-request-second-factor-at"), Some(at.to_string()));
-    assert_eq!(echoed.header("x-auth-request-second-factor").as_deref(), Some("email"));
+    assert_eq!(
+        echoed.header("x-auth-request-second-factor-at"),
+        Some(at.to_string())
+    );
+    assert_eq!(
+        echoed.header("x-auth-request-second-factor").as_deref(),
+        Some("email")
+    );
 }
 
 /// The user API and the back-channel logout are routed to twofa-authz itself,
@@ -138,19 +166,43 @@ async fn identity_headers_the_response_lacks_are_absent_upstream() {
 async fn user_api_is_routed_to_twofa_authz() {
     let stack = Stack::start(Some(Proxy::Caddy)).await;
     let response = stack.get("/user").send().await;
-    assert_problem(&stack, "GET /user without a token", &response, 401, "missing_token");
+    assert_problem(
+        &stack,
+        "GET /user without a token",
+        &response,
+        401,
+        "missing_token",
+    );
     let token = stack.keycloak.token().build();
     let response = stack.get("/user").bearer(&token.jwt).send().await;
-    assert_problem(&stack, "GET /user, no profile yet", &response, 404, "profile_not_found");
+    assert_problem(
+        &stack,
+        "GET /user, no profile yet",
+        &response,
+        404,
+        "profile_not_found",
+    );
     let response = stack
         .request("POST", "/keycloak/backchannel-logout")
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body("logout_token=not-a-jwt")
         .send()
         .await;
-    assert_problem(&stack, "back-channel logout", &response, 400, "invalid_logout_token");
+    assert_problem(
+        &stack,
+        "back-channel logout",
+        &response,
+        400,
+        "invalid_logout_token",
+    );
     // /userdata is the application's, behind the check (default 2fa).
     let response = stack.get("/userdata").bearer(&token.jwt).send().await;
-    assert_problem(&stack, "GET /userdata", &response, 403, "second_factor_required");
+    assert_problem(
+        &stack,
+        "GET /userdata",
+        &response,
+        403,
+        "second_factor_required",
+    );
     assert!(Echoed::from_response(&response).is_none());
 }

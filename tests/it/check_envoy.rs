@@ -219,10 +219,16 @@ mod grpc_direct {
             let one = check("/api/x", &[("authorization", &bearer)], raw);
             assert_eq!(status(&mut client, one).await.0, 0, "control, raw={raw}");
             let cases: [Vec<(&str, String)>; 4] = [
-                vec![("authorization", bearer.clone()), ("authorization", bearer.clone())],
+                vec![
+                    ("authorization", bearer.clone()),
+                    ("authorization", bearer.clone()),
+                ],
                 vec![("authorization", format!("{bearer}, {bearer}"))],
                 vec![("authorization", format!("Basic YWxpY2U6cHc=, {bearer}"))],
-                vec![("authorization", "Basic YWxpY2U6cHc=".into()), ("Authorization", bearer.clone())],
+                vec![
+                    ("authorization", "Basic YWxpY2U6cHc=".into()),
+                    ("Authorization", bearer.clone()),
+                ],
             ];
             for case in cases {
                 let headers: Vec<(&str, &str)> =
@@ -248,8 +254,17 @@ mod grpc_direct {
         let bearer = format!("Bearer {}", token.jwt);
         let auth = [("authorization", bearer.as_str())];
         // The control: no max_age on /secure (default 2fa), so 20 minutes do.
-        assert_eq!(status(&mut client, check("/secure", &auth, false)).await.0, 0);
-        for path in ["/admin;x/users", "/Admin/users", "/admin.json", "/admin./users", "/ADMIN"] {
+        assert_eq!(
+            status(&mut client, check("/secure", &auth, false)).await.0,
+            0
+        );
+        for path in [
+            "/admin;x/users",
+            "/Admin/users",
+            "/admin.json",
+            "/admin./users",
+            "/ADMIN",
+        ] {
             let (code, message) = status(&mut client, check(path, &auth, false)).await;
             assert_eq!(
                 (code, message.as_str()),

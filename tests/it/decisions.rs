@@ -632,7 +632,12 @@ const API_ADMIN_FORMS: [&str; 6] = [
 
 /// Forms of `/admin` (a route of its own in envoy/envoy.yaml): through Envoy
 /// they miss that route and fall to the catch-all, which has no max_age.
-const ADMIN_FORMS: [&str; 4] = ["/admin;x/users", "/Admin/users", "/admin.json", "/admin./users"];
+const ADMIN_FORMS: [&str; 4] = [
+    "/admin;x/users",
+    "/Admin/users",
+    "/admin.json",
+    "/admin./users",
+];
 
 /// INTERFACE.md section 3: a path that a rule matches only when read leniently
 /// (case, `;`-parameters, trailing dots, `.ext`) gets `2fa` with the smallest
@@ -650,7 +655,11 @@ pub async fn ambiguous_paths_get_the_strictest_requirement(proxy: Proxy) {
     let unverified = kc.token().build();
     let response = stack.get("/api/x").bearer(&unverified.jwt).send().await;
     assert_reached_upstream(&stack, "control: /api/x, token", &response);
-    for target in ["/api/admin/x"].iter().chain(&API_ADMIN_FORMS).chain(&ADMIN_FORMS) {
+    for target in ["/api/admin/x"]
+        .iter()
+        .chain(&API_ADMIN_FORMS)
+        .chain(&ADMIN_FORMS)
+    {
         let response = stack.get(target).bearer(&unverified.jwt).send().await;
         let what = format!("GET {target}, session not verified");
         assert_problem(&stack, &what, &response, 403, "second_factor_required");
@@ -661,7 +670,11 @@ pub async fn ambiguous_paths_get_the_strictest_requirement(proxy: Proxy) {
     let older = kc.token().build();
     stack.mark_verified(&older, "totp", now() - 20 * 60).await;
     let response = stack.get("/api/admin/x").bearer(&older.jwt).send().await;
-    assert_reached_upstream(&stack, "control: /api/admin/x, verified 20 min ago", &response);
+    assert_reached_upstream(
+        &stack,
+        "control: /api/admin/x, verified 20 min ago",
+        &response,
+    );
     for target in API_ADMIN_FORMS.iter().chain(&ADMIN_FORMS) {
         let response = stack.get(target).bearer(&older.jwt).send().await;
         let what = format!("GET {target}, verified 20 min ago (smallest max_age 15m)");
@@ -671,7 +684,11 @@ pub async fn ambiguous_paths_get_the_strictest_requirement(proxy: Proxy) {
     // also on the /public route, whose per-route `none` does not stand).
     // Envoy resolves `..;` itself (normalize_path): then the upstream gets,
     // and twofa-authz decides, the resolved path, never the form as sent.
-    for target in ["/public/..;/admin/users", "/api/admin/..;/x", "/public/.../admin"] {
+    for target in [
+        "/public/..;/admin/users",
+        "/api/admin/..;/x",
+        "/public/.../admin",
+    ] {
         let response = stack.get(target).bearer(&older.jwt).send().await;
         let what = format!("GET {target}, verified 20 min ago");
         if let Some(echoed) = Echoed::from_response(&response) {
@@ -713,7 +730,10 @@ pub async fn more_than_one_credential_is_401(proxy: Proxy) {
     let cases: Vec<(&str, Vec<String>)> = vec![
         (
             "two Authorization headers",
-            vec![format!("Bearer {}", token.jwt), format!("Bearer {}", other.jwt)],
+            vec![
+                format!("Bearer {}", token.jwt),
+                format!("Bearer {}", other.jwt),
+            ],
         ),
         (
             "Bearer a, Bearer b",

@@ -57,11 +57,22 @@ async fn every_endpoint_decides_as_the_contract_says() {
     for (name, ask) in ENDPOINTS {
         let what = |w: &str| format!("{name}: {w}");
         let response = ask(&stack, "GET", "/public/x").send().await;
-        assert_eq!(response.status, 200, "{}", stack.explain(&what("none"), &response));
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            stack.explain(&what("none"), &response)
+        );
         assert_eq!(response.header("x-auth-request-user"), None);
 
         let response = ask(&stack, "GET", "/").send().await;
-        assert_problem(&stack, &what("/ without a token"), &response, 401, "missing_token");
+        assert_problem(
+            &stack,
+            &what("/ without a token"),
+            &response,
+            401,
+            "missing_token",
+        );
 
         let response = ask(&stack, "GET", "/api/x").send().await;
         assert_problem(&stack, &what("no token"), &response, 401, "missing_token");
@@ -71,7 +82,12 @@ async fn every_endpoint_decides_as_the_contract_says() {
         );
 
         let response = ask(&stack, "GET", "/api/x").bearer(&token.jwt).send().await;
-        assert_eq!(response.status, 200, "{}", stack.explain(&what("token"), &response));
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            stack.explain(&what("token"), &response)
+        );
         assert_eq!(response.header("x-auth-request-user"), Some("alice"));
         assert_eq!(response.header("x-auth-request-subject"), Some(token.sub()));
         assert_eq!(
@@ -79,8 +95,17 @@ async fn every_endpoint_decides_as_the_contract_says() {
             Some("alice@example.com")
         );
 
-        let response = ask(&stack, "GET", "/secure").bearer(&token.jwt).send().await;
-        assert_problem(&stack, &what("2fa"), &response, 403, "second_factor_required");
+        let response = ask(&stack, "GET", "/secure")
+            .bearer(&token.jwt)
+            .send()
+            .await;
+        assert_problem(
+            &stack,
+            &what("2fa"),
+            &response,
+            403,
+            "second_factor_required",
+        );
 
         let response = ask(&stack, "GET", "/public/../secure")
             .bearer(&token.jwt)
@@ -121,7 +146,12 @@ async fn every_endpoint_decides_as_the_contract_says() {
         .bearer(&token.jwt)
         .send()
         .await;
-    assert_eq!(response.status, 200, "{}", stack.explain("POST check", &response));
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        stack.explain("POST check", &response)
+    );
 }
 
 /// The old `/authz` (which took whichever proxy's headers it found) is gone.
@@ -162,7 +192,13 @@ async fn each_endpoint_ignores_the_other_proxies_headers() {
         .header("X-Original-URI", "/admin/x")
         .header("X-Forwarded-Host", "app.example.com");
     let response = base.header("X-Forwarded-Uri", "/public").send().await;
-    assert_problem(&stack, "auth-request + X-Forwarded-Uri", &response, 401, "missing_token");
+    assert_problem(
+        &stack,
+        "auth-request + X-Forwarded-Uri",
+        &response,
+        401,
+        "missing_token",
+    );
 
     // Traefik/Caddy's endpoint, asked about /admin, with nginx-style headers.
     let response = http::get(stack.app.http_addr(), FORWARD_AUTH)
@@ -184,7 +220,13 @@ async fn each_endpoint_ignores_the_other_proxies_headers() {
 
     // Envoy's endpoint, asked about /admin by its path, with both kinds.
     let response = spoof(envoy(&stack, "GET", "/admin/x")).send().await;
-    assert_problem(&stack, "ext-authz + spoofs", &response, 401, "missing_token");
+    assert_problem(
+        &stack,
+        "ext-authz + spoofs",
+        &response,
+        401,
+        "missing_token",
+    );
 
     // And never a fallback: without its own URI header, an endpoint refuses
     // rather than read another proxy's.
@@ -195,14 +237,26 @@ async fn each_endpoint_ignores_the_other_proxies_headers() {
         .header("X-Forwarded-Host", "app.example.com")
         .send()
         .await;
-    assert_problem(&stack, "forward-auth with X-Original-URI only", &response, 400, "invalid_request");
+    assert_problem(
+        &stack,
+        "forward-auth with X-Original-URI only",
+        &response,
+        400,
+        "invalid_request",
+    );
     let response = http::get(stack.app.http_addr(), AUTH_REQUEST)
         .header("X-Forwarded-Uri", "/public")
         .header("X-Forwarded-Method", "GET")
         .header("X-Original-Method", "GET")
         .send()
         .await;
-    assert_problem(&stack, "auth-request with X-Forwarded-Uri only", &response, 400, "invalid_request");
+    assert_problem(
+        &stack,
+        "auth-request with X-Forwarded-Uri only",
+        &response,
+        400,
+        "invalid_request",
+    );
 }
 
 /// A proxy sets each header once. Missing or repeated means a misconfigured
@@ -213,7 +267,10 @@ async fn missing_or_repeated_proxy_headers_are_400() {
     let addr = stack.app.http_addr().to_owned();
     let headers_of = |endpoint: &str| -> Vec<(&'static str, &'static str)> {
         if endpoint == AUTH_REQUEST {
-            vec![("X-Original-Method", "GET"), ("X-Original-URI", "/public/x")]
+            vec![
+                ("X-Original-Method", "GET"),
+                ("X-Original-URI", "/public/x"),
+            ]
         } else {
             vec![
                 ("X-Forwarded-Method", "GET"),
@@ -230,7 +287,12 @@ async fn missing_or_repeated_proxy_headers_are_400() {
             request = request.header(n, v);
         }
         let response = request.send().await;
-        assert_eq!(response.status, 200, "{}", stack.explain(endpoint, &response));
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            stack.explain(endpoint, &response)
+        );
 
         for (left_out, _) in &all {
             let mut request = http::get(&addr, endpoint);
@@ -257,13 +319,23 @@ async fn missing_or_repeated_proxy_headers_are_400() {
         .header("X-Original-URI", "/public/x")
         .send()
         .await;
-    assert_eq!(response.status, 200, "{}", stack.explain("auth-request, Host only", &response));
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        stack.explain("auth-request, Host only", &response)
+    );
     // Envoy's endpoint: two Host headers.
     let response = envoy(&stack, "GET", "/public/x")
         .header("Host", "evil.example.com")
         .send()
         .await;
-    assert_eq!(response.status, 400, "{}", stack.explain("ext-authz, Host twice", &response));
+    assert_eq!(
+        response.status,
+        400,
+        "{}",
+        stack.explain("ext-authz, Host twice", &response)
+    );
 }
 
 /// INTERFACE.md section 3: two `Authorization` headers, or one naming two
@@ -277,7 +349,10 @@ async fn more_than_one_credential_is_invalid_token() {
     let bearer = |t: &str| format!("Bearer {t}");
     let cases: Vec<(&str, Vec<String>)> = vec![
         ("two headers", vec![bearer(&token.jwt), bearer(&other.jwt)]),
-        ("the same token twice", vec![bearer(&token.jwt), bearer(&token.jwt)]),
+        (
+            "the same token twice",
+            vec![bearer(&token.jwt), bearer(&token.jwt)],
+        ),
         (
             "Bearer a, Bearer b",
             vec![format!("Bearer {}, Bearer {}", token.jwt, other.jwt)],
@@ -305,7 +380,12 @@ async fn more_than_one_credential_is_invalid_token() {
         // The control: one credential is decided (a token route: 200; /user:
         // anything but 401).
         let response = request(surface).bearer(&token.jwt).send().await;
-        assert_ne!(response.status, 401, "{}", stack.explain(surface, &response));
+        assert_ne!(
+            response.status,
+            401,
+            "{}",
+            stack.explain(surface, &response)
+        );
         for (case, values) in &cases {
             let mut r = request(surface);
             for v in values {

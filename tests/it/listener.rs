@@ -35,7 +35,11 @@ async fn read_one_response(stream: &mut TcpStream) -> String {
     let mut buf = [0u8; 1024];
     loop {
         let n = stream.read(&mut buf).await.expect("read a response");
-        assert!(n > 0, "closed before a response: {:?}", String::from_utf8_lossy(&got));
+        assert!(
+            n > 0,
+            "closed before a response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&got).into_owned();
         if let Some(end) = text.find("\r\n\r\n") {
@@ -80,9 +84,16 @@ async fn a_request_head_not_sent_within_10_s_is_dropped() {
         time_until_closed(silent, limit),
         time_until_closed(idle, limit),
     );
-    for (what, outcome) in [("half-sent head", half), ("no bytes", silent), ("idle keep-alive", idle)] {
+    for (what, outcome) in [
+        ("half-sent head", half),
+        ("no bytes", silent),
+        ("idle keep-alive", idle),
+    ] {
         let (took, got) = outcome.unwrap_or_else(|| {
-            panic!("{what}: still open after {limit:?}; log:\n{}", stack.app.log())
+            panic!(
+                "{what}: still open after {limit:?}; log:\n{}",
+                stack.app.log()
+            )
         });
         assert!(
             took >= Duration::from_secs(9) && took <= Duration::from_secs(15),
@@ -114,8 +125,12 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     let release: Arc<Vec<Notify>> = Arc::new((0..CLIENTS).map(|_| Notify::new()).collect());
     let mut tasks = Vec::new();
     for i in 0..CLIENTS {
-        let (addr, barrier, answered_tx, release) =
-            (addr.clone(), barrier.clone(), answered_tx.clone(), release.clone());
+        let (addr, barrier, answered_tx, release) = (
+            addr.clone(),
+            barrier.clone(),
+            answered_tx.clone(),
+            release.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             let mut stream = TcpStream::connect(&addr).await.expect("connect");
@@ -152,10 +167,61 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     }
 }
 
+/// SIGTERM with a request in flight (its body half sent): the listener stops
+/// accepting at once, the request is still answered, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_drains_in_flight_requests() {
+    let mut stack = Stack::start(None).await;
+    let addr = stack.app.http_addr().to_owned();
+    let token = stack.keycloak.token().build();
+    let body = br#"{"otp_type":"email"}"#;
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /user/send-otp HTTP/1.1\r\nHost: twofa\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        token.jwt,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..11]).await.unwrap();
+    // The handler is now waiting for the rest of the body.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.app.signal(libc::SIGTERM);
+
+    let refused = crate::support::process::poll_until(Duration::from_secs(5), || {
+        let addr = addr.clone();
+        async move { TcpStream::connect(&addr).await.is_err() }
+    })
+    .await;
+    assert!(refused, "still accepting 5 s after SIGTERM");
+
+    stream.write_all(&body[11..]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the in-flight request was answered within 10 s")
+        .expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 "), "no answer: {answer:?}");
+    assert!(!answer.starts_with("HTTP/1.1 5"), "{answer}");
+
+    let status = stack.app.wait_exit(Duration::from_secs(12)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit after SIGTERM; log:\n{}",
+        stack.app.log()
+    );
+}
+
 /// Collects answers until `want` have come in all told (or 8 s passed), then
 /// waits 2 s more: beyond the cap, nobody else is answered while the slots
 /// are held.
-async fn collect(answered: &mut mpsc::UnboundedReceiver<usize>, served: &mut Vec<usize>, want: usize) {
+async fn collect(
+    answered: &mut mpsc::UnboundedReceiver<usize>,
+    served: &mut Vec<usize>,
+    want: usize,
+) {
     let deadline = Instant::now() + Duration::from_secs(8);
     while served.len() < want {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -183,7 +249,10 @@ async fn h2c_is_served() {
     let request = http::Request::get(format!("http://{addr}/healthz"))
         .body(tonic::body::Body::empty())
         .unwrap();
-    let response = channel.oneshot(request).await.expect("GET /healthz over h2c");
+    let response = channel
+        .oneshot(request)
+        .await
+        .expect("GET /healthz over h2c");
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), http::Version::HTTP_2);
 }
