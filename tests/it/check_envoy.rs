@@ -46,7 +46,7 @@ async fn route_settings_beat_policy_rules() {
         response.status,
         200,
         "{}",
-        stack.explain("/authz /admin", &response)
+        stack.explain("/authz/auth-request /admin", &response)
     );
 
     let response = stack.get("/admin/users").bearer(&token.jwt).send().await;
