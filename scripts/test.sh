@@ -2,7 +2,7 @@
 # The test command: what a developer types and what CI (.ci/run) runs.
 #
 # On a fresh Debian machine it installs what is missing (nginx with headers-more,
-# redis-server, postgresql, zbar-tools, oathtool; Envoy and aiosmtpd into the local
+# caddy, redis-server, postgresql, zbar-tools, oathtool; Envoy and aiosmtpd into the local
 # venv .venv-test/), then runs formatting, clippy and every test. The tests start
 # their own throwaway services on free loopback ports: nothing already running on
 # the machine is used or disturbed.
@@ -60,6 +60,7 @@ install_system_packages() {
     command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
     [[ -f /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so ]] ||
         missing+=(libnginx-mod-http-headers-more-filter)
+    command -v caddy >/dev/null || missing+=(caddy)
     command -v redis-server >/dev/null || missing+=(redis-server)
     [[ -n $(pg_bindir) && -x $(pg_bindir)/initdb ]] || missing+=(postgresql)
     command -v zbarimg >/dev/null || missing+=(zbar-tools)
@@ -114,20 +115,22 @@ install_python_tools() {
 export_tool_paths() {
     TWOFA_TEST_ENVOY=$VENV/bin/envoy
     TWOFA_TEST_NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+    TWOFA_TEST_CADDY=$(command -v caddy)
     TWOFA_TEST_REDIS=$(command -v redis-server)
     TWOFA_TEST_PG_BINDIR=$(pg_bindir)
     TWOFA_TEST_PYTHON=$VENV/bin/python
-    export TWOFA_TEST_ENVOY TWOFA_TEST_NGINX TWOFA_TEST_REDIS TWOFA_TEST_PG_BINDIR TWOFA_TEST_PYTHON
+    export TWOFA_TEST_ENVOY TWOFA_TEST_NGINX TWOFA_TEST_CADDY TWOFA_TEST_REDIS TWOFA_TEST_PG_BINDIR TWOFA_TEST_PYTHON
     echo "TWOFA_TEST_ENVOY=$TWOFA_TEST_ENVOY"
     "$TWOFA_TEST_ENVOY" --version | grep -v '^$' || return 1
     echo "TWOFA_TEST_NGINX=$TWOFA_TEST_NGINX"
+    echo "TWOFA_TEST_CADDY=$TWOFA_TEST_CADDY"
     echo "TWOFA_TEST_REDIS=$TWOFA_TEST_REDIS"
     echo "TWOFA_TEST_PG_BINDIR=$TWOFA_TEST_PG_BINDIR"
     echo "TWOFA_TEST_PYTHON=$TWOFA_TEST_PYTHON"
 }
 
-# Both example proxy configs must load as shipped (the tests run them too, with
-# their ports changed).
+# The example proxy configs must load as shipped (the tests run them too, with
+# their ports changed; envoy/traefik.yaml is checked by tests/deploy).
 validate_proxy_configs() {
     "$TWOFA_TEST_ENVOY" --mode validate --log-level warn -c envoy/envoy.yaml || return 1
     local dir rc=0
@@ -135,6 +138,10 @@ validate_proxy_configs() {
     mkdir -p "$dir/logs"
     "$TWOFA_TEST_NGINX" -t -p "$dir" -e "$dir/error.log" -c "$ROOT/envoy/nginx.conf" \
         -g "pid $dir/nginx.pid;" || rc=1
+    # Caddy keeps state under $HOME / XDG dirs: give it a throwaway one.
+    HOME=$dir XDG_DATA_HOME=$dir XDG_CONFIG_HOME=$dir \
+        "$TWOFA_TEST_CADDY" validate --adapter caddyfile --config envoy/Caddyfile >"$dir/caddy.log" 2>&1 ||
+        { cat "$dir/caddy.log"; rc=1; }
     rm -rf "$dir"
     return $rc
 }

@@ -1,14 +1,30 @@
 //! Wiring: builds the shared state from the configuration and runs the gRPC
 //! and HTTP listeners until shutdown. `run` takes listeners that are already
 //! bound, so tests can bind port 0 and read the address back.
+//!
+//! The HTTP listener has its own accept loop (INTERFACE.md section 5, abuse
+//! limits): a client that has not sent its request head within 10 s is
+//! dropped, and at most `server.max_connections` connections are served at
+//! once. Beyond the cap, new connections are not accepted: they wait in the
+//! kernel's listen backlog (or are refused by it once that is full) until an
+//! open one closes, so a burst of legitimate clients is slowed, not failed,
+//! and half-open connections free their slot within 10 s.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
@@ -25,6 +41,12 @@ use crate::token::{parse_algorithms, DevIssuer, Jwks, Validator};
 
 /// In-flight requests get this long to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
+
+/// A client must have sent its whole request head within this time
+/// (HTTP/1: from its first byte, and from the end of the previous response
+/// on a kept-alive connection; any connection: from being accepted until its
+/// first bytes tell HTTP/1 from HTTP/2).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct AppState {
     pub cfg: Arc<Config>,
@@ -259,10 +281,15 @@ pub async fn run(
         .add_service(crate::grpc::service(state.clone()))
         .serve_with_incoming_shutdown(incoming, stopped(rx.clone()));
     let app = crate::http::router(state.clone());
-    let http_server = axum::serve(http, app).with_graceful_shutdown(stopped(rx.clone()));
+    let http_server = serve_http(
+        http,
+        app,
+        state.cfg.server.max_connections,
+        stopped(rx.clone()),
+    );
 
     let mut grpc_task = tokio::spawn(grpc_server);
-    let mut http_task = tokio::spawn(async move { http_server.await });
+    let mut http_task = tokio::spawn(http_server);
 
     tokio::select! {
         _ = shutdown => {
@@ -291,6 +318,145 @@ pub async fn run(
             tracing::warn!("in-flight requests did not finish within 10s; exiting anyway");
             Ok(())
         }
+    }
+}
+
+/// The HTTP listener: HTTP/1 and h2c on one port (told apart by the HTTP/2
+/// preface), TCP_NODELAY, the head timeout and the connection cap. On
+/// `shutdown` it stops accepting, lets every open connection finish its
+/// in-flight requests and returns; `run` bounds that by [`DRAIN`].
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: the process is out of descriptors
+                    // for a moment; spinning on accept would not help.
+                    tracing::warn!(error = %e, "HTTP listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Check responses are tiny; Nagle would add latency to each.
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(FirstBytesDeadline::new(stream));
+        let conn = builder
+            .serve_connection_with_upgrades(io, TowerToHyperService::new(app.clone()))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // Errors here are the client's (reset, timeout, bad request).
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// hyper's HTTP/1 head timer starts only once the connection is known to be
+/// HTTP/1, which takes its first bytes: a client that connects and sends
+/// nothing (or a few bytes of the HTTP/2 preface) would hold its slot for
+/// ever. This fails reads with `TimedOut` once [`HEADER_READ_TIMEOUT`] has
+/// passed before the first [`PREFACE_LEN`] bytes arrived; after them it is
+/// out of the way.
+struct FirstBytesDeadline {
+    inner: TcpStream,
+    read: usize,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The length of the HTTP/2 connection preface (RFC 9113 section 3.4).
+const PREFACE_LEN: usize = 24;
+
+impl FirstBytesDeadline {
+    fn new(inner: TcpStream) -> Self {
+        Self {
+            inner,
+            read: 0,
+            deadline: Some(Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT))),
+        }
+    }
+}
+
+impl AsyncRead for FirstBytesDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let Some(deadline) = this.deadline.as_mut() else {
+            return polled;
+        };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                this.read += buf.filled().len() - before;
+                if this.read >= PREFACE_LEN || buf.filled().len() == before {
+                    this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(
+                io::Error::new(io::ErrorKind::TimedOut, "no request head within 10 s"),
+            )),
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for FirstBytesDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 

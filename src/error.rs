@@ -23,6 +23,12 @@ pub enum Error {
     InvalidJson(String),
     #[error("the request body does not match what this route takes: {0}")]
     InvalidRequest(String),
+    /// A forward-auth request without the headers its proxy always sets
+    /// (INTERFACE.md section 4): a misconfigured proxy, never decided.
+    #[error(
+        "the check request does not name the original request as this endpoint's proxy does: {0}"
+    )]
+    InvalidCheckRequest(String),
     #[error("the request body is larger than 16 KiB")]
     PayloadTooLarge,
     #[error("a profile already exists for this user")]
@@ -78,7 +84,7 @@ impl Error {
             Error::SecondFactorRequired { .. } => "second_factor_required",
             Error::AuthzUnavailable(_) => "authz_unavailable",
             Error::InvalidJson(_) => "invalid_json",
-            Error::InvalidRequest(_) => "invalid_request",
+            Error::InvalidRequest(_) | Error::InvalidCheckRequest(_) => "invalid_request",
             Error::PayloadTooLarge => "payload_too_large",
             Error::ProfileExists => "profile_exists",
             Error::ProfileNotFound => "profile_not_found",
@@ -110,9 +116,10 @@ impl Error {
             Error::AuthzUnavailable(_) | Error::StorageUnavailable(_) | Error::Busy { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Error::InvalidJson(_) | Error::InvalidCode { .. } | Error::InvalidLogoutToken(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Error::InvalidJson(_)
+            | Error::InvalidCheckRequest(_)
+            | Error::InvalidCode { .. }
+            | Error::InvalidLogoutToken(_) => StatusCode::BAD_REQUEST,
             Error::InvalidRequest(_) | Error::InvalidEmail | Error::InvalidMobile => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

@@ -21,7 +21,7 @@ pub struct CheckInput<'a> {
     pub host: &'a str,
     /// As sent by the client, query included.
     pub path: &'a str,
-    pub authorization: Option<&'a str>,
+    pub authorization: AuthHeader<'a>,
     pub ext_require: Option<&'a str>,
     pub ext_max_age: Option<&'a str>,
 }
@@ -135,11 +135,38 @@ pub fn decide(
     }
 }
 
+/// The `Authorization` header of a request, as its transport found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthHeader<'a> {
+    Absent,
+    /// One header, or (gRPC) all of them joined with `,` by Envoy.
+    Value(&'a str),
+    /// Sent more than once, or not text: never one credential.
+    Invalid(&'static str),
+}
+
+impl<'a> AuthHeader<'a> {
+    pub fn from_option(v: Option<&'a str>) -> Self {
+        v.map_or(AuthHeader::Absent, AuthHeader::Value)
+    }
+}
+
 /// The `Bearer` credentials of an Authorization header (RFC 6750 section
 /// 2.1; the scheme is case-insensitive). `Err` for something that claims to
-/// be a bearer token but cannot be one.
-pub fn bearer(header: Option<&str>) -> Result<Option<&str>, &'static str> {
-    let Some(h) = header else { return Ok(None) };
+/// be a bearer token but cannot be one, and for more than one credential:
+/// two headers, or one value naming two (`Bearer a, Bearer b`, `Basic x,
+/// Bearer y`). Envoy joins repeated headers with `,` before a gRPC Check, so
+/// any comma is treated as a second credential, whatever the scheme; no
+/// credential this service accepts contains one.
+pub fn bearer(header: AuthHeader<'_>) -> Result<Option<&str>, &'static str> {
+    let h = match header {
+        AuthHeader::Absent => return Ok(None),
+        AuthHeader::Invalid(why) => return Err(why),
+        AuthHeader::Value(h) => h,
+    };
+    if h.contains(',') {
+        return Err("more than one credential");
+    }
     let h = h.trim();
     let Some((scheme, rest)) = h.split_once(' ') else {
         return Ok(None);
@@ -151,11 +178,10 @@ pub fn bearer(header: Option<&str>) -> Result<Option<&str>, &'static str> {
     if token.is_empty() {
         return Ok(None);
     }
-    // Two Authorization headers merged by the proxy ("Bearer a, Bearer b")
-    // or stray whitespace. Other bad characters need no scan on this hot
+    // Stray whitespace inside. Other bad characters need no scan on this hot
     // path: such a token is never in the verified-token cache and fails JWT
     // parsing, which answers invalid_token the same way.
-    if token.contains([',', ' ', '\t']) {
+    if token.contains([' ', '\t']) {
         return Err("malformed");
     }
     Ok(Some(token))
@@ -521,14 +547,31 @@ mod tests {
 
     #[test]
     fn bearer_parsing() {
-        assert_eq!(bearer(None), Ok(None));
-        assert_eq!(bearer(Some("Basic abc")), Ok(None));
-        assert_eq!(bearer(Some("Bearer")), Ok(None));
-        assert_eq!(bearer(Some("Bearer   ")), Ok(None));
-        assert_eq!(bearer(Some("bearer a.b.c")), Ok(Some("a.b.c")));
-        assert_eq!(bearer(Some("BEARER a.b.c")), Ok(Some("a.b.c")));
-        assert_eq!(bearer(Some("Bearer a.b.c, Bearer d.e.f")), Err("malformed"));
-        assert_eq!(bearer(Some("Bearer a.b\tc")), Err("malformed"));
+        let b = |v| bearer(AuthHeader::Value(v));
+        assert_eq!(bearer(AuthHeader::Absent), Ok(None));
+        assert_eq!(b("Basic abc"), Ok(None));
+        assert_eq!(b("Bearer"), Ok(None));
+        assert_eq!(b("Bearer   "), Ok(None));
+        assert_eq!(b("bearer a.b.c"), Ok(Some("a.b.c")));
+        assert_eq!(b("BEARER a.b.c"), Ok(Some("a.b.c")));
+        assert_eq!(b("Bearer a.b\tc"), Err("malformed"));
+        assert_eq!(b("Bearer a.b c"), Err("malformed"));
+    }
+
+    #[test]
+    fn more_than_one_credential_is_invalid() {
+        let b = |v| bearer(AuthHeader::Value(v));
+        let two = Err("more than one credential");
+        assert_eq!(b("Bearer a.b.c, Bearer d.e.f"), two);
+        assert_eq!(b("Bearer a.b.c,Bearer d.e.f"), two);
+        assert_eq!(b("Basic eD15, Bearer a.b.c"), two);
+        assert_eq!(b("Bearer a.b.c, Basic eD15"), two);
+        assert_eq!(b("Bearer a.b.c,"), two);
+        assert_eq!(b(", Bearer a.b.c"), two);
+        assert_eq!(
+            bearer(AuthHeader::Invalid("more than one Authorization header")),
+            Err("more than one Authorization header")
+        );
     }
 
     #[test]

@@ -2,10 +2,17 @@
 //! `policy.rules` (first match wins), then `policy.default`, with Envoy's
 //! per-route `context_extensions` (`twofa.require`, `twofa.max_age`) beating
 //! both.
+//!
+//! A path that some rule would match when read the lenient way of an
+//! upstream (case, `;`-parameters, trailing dots, a `.ext` suffix, dot
+//! segments left unresolved) but that the rule does not match as written gets
+//! the strictest requirement: `2fa` with the smallest `max_age` of any rule.
+//! Upstreams disagree on such paths, so they never fall through to a weaker
+//! rule (INTERFACE.md section 3).
 
 use std::time::Duration;
 
-use super::path::{normalize, segment_prefix};
+use super::path::{decode_all, loose_prefix, normalize, parse, segment_prefix, RequestPath};
 use crate::config::{parse_duration, PolicyConfig, Requirement};
 
 pub const EXT_REQUIRE: &str = "twofa.require";
@@ -23,6 +30,9 @@ pub struct BadExtension(pub &'static str);
 
 struct Rule {
     prefix: Option<String>,
+    /// The prefix's segments, decoded, for the lenient comparison; empty for
+    /// no prefix or `/`, which match every path anyway.
+    segments: Vec<String>,
     methods: Vec<String>,
     host: Option<String>,
     need: Need,
@@ -31,20 +41,40 @@ struct Rule {
 pub struct Policy {
     rules: Vec<Rule>,
     default: Requirement,
+    /// `2fa` with the smallest `max_age` of any rule: for paths that cannot
+    /// be normalized or that some rule matches only leniently.
+    strictest: Need,
+    /// Some prefix has upper case or non-ASCII characters: then even a plain
+    /// lower-case request path may match it only leniently.
+    unplain_prefixes: bool,
 }
 
 impl Policy {
     pub fn new(cfg: &PolicyConfig) -> Self {
-        let rules = cfg
+        let rules: Vec<Rule> = cfg
             .rules
             .iter()
-            .map(|r| Rule {
+            .map(|r| {
                 // Validated at load to start with `/`; normalize the same way
                 // as request paths so both sides compare like with like.
-                prefix: r
+                let prefix = r
                     .path_prefix
                     .as_deref()
-                    .map(|p| normalize(p).unwrap_or_else(|| p.to_string())),
+                    .map(|p| normalize(p).map_or_else(|| p.to_string(), |n| n.into_owned()));
+                let segments = prefix
+                    .as_deref()
+                    .map(|p| {
+                        p.split('/')
+                            .filter(|s| !s.is_empty())
+                            .map(|s| decode_all(s).into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (r, prefix, segments)
+            })
+            .map(|(r, prefix, segments)| Rule {
+                prefix,
+                segments,
                 methods: r.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
                 host: r.host.as_deref().map(|h| h.to_ascii_lowercase()),
                 need: Need {
@@ -53,10 +83,27 @@ impl Policy {
                 },
             })
             .collect();
+        let strictest = Need {
+            require: Requirement::TwoFa,
+            max_age: rules.iter().filter_map(|r| r.need.max_age).min(),
+        };
+        let unplain_prefixes = rules.iter().any(|r| {
+            r.prefix.as_deref().is_some_and(|p| {
+                p.bytes()
+                    .any(|b| b.is_ascii_uppercase() || b >= 0x80 || b == b'%')
+            })
+        });
         Self {
             rules,
             default: cfg.default,
+            strictest,
+            unplain_prefixes,
         }
+    }
+
+    /// `2fa` with the smallest `max_age` of any rule.
+    pub fn strictest(&self) -> Need {
+        self.strictest
     }
 
     /// The requirement for a request. An invalid per-route extension is an
@@ -76,23 +123,26 @@ impl Policy {
             .map(|v| parse_duration(v).map_err(|_| BadExtension(EXT_MAX_AGE)))
             .transpose()?;
 
-        let Some(path) = normalize(raw_path) else {
-            // Strictest requirement for paths we cannot read unambiguously.
+        let Some(path) = parse(raw_path) else {
+            // Strictest requirement for paths we cannot read unambiguously,
+            // whatever the route says.
             return Ok(Need {
                 require: Requirement::TwoFa,
-                max_age: ext_max_age,
+                max_age: match (ext_max_age, self.strictest.max_age) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
             });
         };
-        let host = strip_port(host);
-        let base = self
-            .rules
-            .iter()
-            .find(|r| r.matches(method, &host, &path))
-            .map(|r| r.need)
-            .unwrap_or(Need {
-                require: self.default,
+        // A per-route setting replaces the rules' answer: skip them.
+        let base = if ext_require.is_some() || ext_max_age.is_some() {
+            Need {
+                require: Requirement::TwoFa,
                 max_age: None,
-            });
+            }
+        } else {
+            self.by_rules(method, strip_port(host), &path)
+        };
         let mut need = Need {
             require: ext_require.unwrap_or(base.require),
             max_age: ext_max_age.or(if ext_require.is_some() {
@@ -112,23 +162,60 @@ impl Policy {
     }
 }
 
-impl Rule {
-    fn matches(&self, method: &str, host: &str, path: &str) -> bool {
-        if let Some(p) = &self.prefix {
-            if !segment_prefix(path, p) {
-                return false;
+impl Policy {
+    /// The first rule that matches as written, then the default; the
+    /// strictest requirement when any rule matches only leniently.
+    fn by_rules(&self, method: &str, host: &str, path: &RequestPath<'_>) -> Need {
+        let written = &path.canonical;
+        let lenient = path.lenient_forms || path.unresolved.is_some() || self.unplain_prefixes;
+        let mut first = None;
+        for rule in &self.rules {
+            if !rule.applies_to(method, host) {
+                continue;
+            }
+            let as_written = rule
+                .prefix
+                .as_deref()
+                .is_none_or(|p| segment_prefix(written, p));
+            if as_written {
+                // Later rules can still only match leniently: keep looking
+                // only if this path has lenient readings.
+                first.get_or_insert(rule.need);
+                if !lenient {
+                    break;
+                }
+            } else if lenient
+                && (loose_prefix(written, &rule.segments)
+                    || path
+                        .unresolved
+                        .as_deref()
+                        .is_some_and(|u| loose_prefix(u, &rule.segments)))
+            {
+                return self.strictest;
             }
         }
+        first.unwrap_or(Need {
+            require: self.default,
+            max_age: None,
+        })
+    }
+}
+
+impl Rule {
+    fn applies_to(&self, method: &str, host: &str) -> bool {
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
         {
             return false;
         }
         if let Some(h) = &self.host {
             let ok = match h.strip_prefix("*.") {
-                Some(suffix) => host
-                    .strip_suffix(suffix)
-                    .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
-                None => host == h.as_str(),
+                Some(suffix) => {
+                    host.len() > suffix.len() + 1
+                        && host.is_char_boundary(host.len() - suffix.len())
+                        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                }
+                None => host.eq_ignore_ascii_case(h),
             };
             if !ok {
                 return false;
@@ -138,7 +225,8 @@ impl Rule {
     }
 }
 
-fn strip_port(host: &str) -> String {
+/// The host without port and trailing dot (compared case-insensitively).
+fn strip_port(host: &str) -> &str {
     let h = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
@@ -150,7 +238,7 @@ fn strip_port(host: &str) -> String {
             }
         })
     };
-    h.trim_end_matches('.').to_ascii_lowercase()
+    h.trim_end_matches('.')
 }
 
 #[cfg(test)]
@@ -283,5 +371,158 @@ mod tests {
             .evaluate("GET", "a", "/public/%2F", Some("none"), None)
             .unwrap();
         assert_eq!(n.require, Requirement::TwoFa);
+    }
+
+    /// The rules of the finding: `/api/admin` (2fa, 30m) and `/api`
+    /// (token), plus a step-up rule elsewhere with a smaller max_age.
+    fn admin_policy() -> Policy {
+        let mut admin = rule("/api/admin", Requirement::TwoFa);
+        admin.max_age = Some(Dur::secs(1800));
+        let mut step_up = rule("/admin", Requirement::TwoFa);
+        step_up.max_age = Some(Dur::secs(900));
+        Policy::new(&PolicyConfig {
+            default: Requirement::Token,
+            rules: vec![
+                rule("/public", Requirement::None),
+                admin,
+                rule("/api", Requirement::Token),
+                step_up,
+            ],
+            identity_header_prefix: "x-auth-request-".into(),
+        })
+    }
+
+    fn strictest() -> Need {
+        Need {
+            require: Requirement::TwoFa,
+            max_age: Some(Duration::from_secs(900)),
+        }
+    }
+
+    fn eval(p: &Policy, path: &str) -> Need {
+        p.evaluate("GET", "a.com", path, None, None).unwrap()
+    }
+
+    #[test]
+    fn the_strictest_requirement_has_the_smallest_max_age() {
+        assert_eq!(admin_policy().strictest(), strictest());
+        let none = Policy::new(&PolicyConfig {
+            default: Requirement::None,
+            rules: vec![rule("/a", Requirement::Token)],
+            identity_header_prefix: "x-".into(),
+        });
+        assert_eq!(
+            none.strictest(),
+            Need {
+                require: Requirement::TwoFa,
+                max_age: None
+            }
+        );
+    }
+
+    #[test]
+    fn lenient_forms_of_a_prefix_get_the_strictest_requirement() {
+        let p = admin_policy();
+        // As written: the rule's own answer.
+        assert_eq!(
+            eval(&p, "/api/admin/x"),
+            Need {
+                require: Requirement::TwoFa,
+                max_age: Some(Duration::from_secs(1800))
+            }
+        );
+        assert_eq!(eval(&p, "/api/x").require, Requirement::Token);
+        for path in [
+            // case
+            "/api/Admin/x",
+            "/API/ADMIN",
+            "/api/%41dmin",
+            "/api/adm%49n/x",
+            // ;-parameters
+            "/api/admin;jsessionid=1/x",
+            "/api/admin;/x",
+            "/api/admin%3bx=1",
+            "/api;v=1/admin",
+            // trailing dots
+            "/api/admin./x",
+            "/api/admin...",
+            // a .ext suffix
+            "/api/admin.json",
+            "/api/Admin.tar.gz/x",
+            // dot segments an upstream may leave unresolved
+            "/admin/../public",
+            "/api/admin/../x",
+            // every form on the step-up rule, matched by nothing as written
+            "/Admin/users",
+            "/admin;x/users",
+            "/admin.json",
+            "/admin./users",
+        ] {
+            assert_eq!(eval(&p, path), strictest(), "{path}");
+        }
+        // Not a lenient form of any prefix: the rules as usual.
+        for (path, require) in [
+            ("/api/administrator", Requirement::Token),
+            ("/api/adminx.json", Requirement::Token),
+            ("/public/x.html", Requirement::None),
+            ("/public/Index.HTML", Requirement::None),
+            ("/public/a;b=c", Requirement::None),
+            ("/other/Admin", Requirement::Token),
+            ("/x/../public/y", Requirement::None),
+        ] {
+            assert_eq!(eval(&p, path).require, require, "{path}");
+        }
+    }
+
+    #[test]
+    fn unreadable_paths_get_the_smallest_max_age_too() {
+        let p = admin_policy();
+        for path in ["/public%2F..%2Fadmin", "/public/..;/admin", "/..", "/a\\b"] {
+            assert_eq!(eval(&p, path), strictest(), "{path}");
+        }
+        // A route's own max_age counts when it is smaller.
+        let n = p
+            .evaluate("GET", "a", "/public/..;/x", Some("none"), Some("5m"))
+            .unwrap();
+        assert_eq!(n.max_age, Some(Duration::from_secs(300)));
+        assert_eq!(n.require, Requirement::TwoFa);
+    }
+
+    #[test]
+    fn route_settings_stand_on_lenient_forms() {
+        let p = admin_policy();
+        let n = p
+            .evaluate("GET", "a", "/api/Admin", Some("token"), None)
+            .unwrap();
+        assert_eq!(n.require, Requirement::Token);
+        let n = p
+            .evaluate("GET", "a", "/api/Admin", None, Some("1h"))
+            .unwrap();
+        assert_eq!(n.max_age, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn a_prefix_with_upper_case_is_matched_leniently_by_plain_paths() {
+        let mut admin = rule("/Admin", Requirement::TwoFa);
+        admin.max_age = Some(Dur::secs(60));
+        let p = Policy::new(&PolicyConfig {
+            default: Requirement::Token,
+            rules: vec![admin],
+            identity_header_prefix: "x-".into(),
+        });
+        assert_eq!(eval(&p, "/admin").max_age, Some(Duration::from_secs(60)));
+        assert_eq!(eval(&p, "/Admin").max_age, Some(Duration::from_secs(60)));
+        assert_eq!(eval(&p, "/other").require, Requirement::Token);
+    }
+
+    #[test]
+    fn method_and_host_still_decide_which_rules_count() {
+        // `POST /api/admin` (2fa): a GET of `/api/Admin` is not about it.
+        let p = policy();
+        assert_eq!(req(&p, "GET", "a.com", "/api/Admin/x"), Requirement::Token);
+        let n = p
+            .evaluate("POST", "a.com", "/api/Admin/x", None, None)
+            .unwrap();
+        assert_eq!(n.max_age, Some(Duration::from_secs(900)));
     }
 }

@@ -264,6 +264,12 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             }
         }
     }
+    if !(1..=65536).contains(&c.server.max_connections) {
+        return Err(ConfigError::new(
+            "server.max_connections",
+            "must be between 1 and 65536",
+        ));
+    }
     for o in &c.server.cors_allowed_origins {
         if o != "*" && url::Url::parse(o).is_err() {
             return Err(ConfigError::new(

@@ -40,6 +40,11 @@ pub struct ServerConfig {
     pub grpc_addr: String,
     pub http_addr: String,
     pub cors_allowed_origins: Vec<String>,
+    /// Open connections the HTTP listener serves at once; beyond it, new
+    /// connections wait in the listen backlog until one closes. Not in
+    /// INTERFACE.md section 2: an extra key (README, "Where the contract is
+    /// silent").
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +53,7 @@ impl Default for ServerConfig {
             grpc_addr: "127.0.0.1:9191".into(),
             http_addr: "127.0.0.1:8090".into(),
             cors_allowed_origins: vec![],
+            max_connections: 1024,
         }
     }
 }

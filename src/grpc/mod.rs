@@ -8,7 +8,7 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::app::AppState;
-use crate::authz::{CheckInput, Decision, EXT_MAX_AGE, EXT_REQUIRE};
+use crate::authz::{AuthHeader, CheckInput, Decision, EXT_MAX_AGE, EXT_REQUIRE};
 use crate::error::PROBLEM_JSON;
 
 /// Generated from proto/; module nesting mirrors the proto packages because
@@ -89,7 +89,12 @@ impl Authorization for AuthzService {
             method: &http.method,
             host: &http.host,
             path: &http.path,
-            authorization: headers.get("authorization").map(String::as_str),
+            // Envoy joins repeated headers with `,` (and so does
+            // raw_header_map): bearer() refuses any comma as a second
+            // credential.
+            authorization: AuthHeader::from_option(
+                headers.get("authorization").map(String::as_str),
+            ),
             ext_require: attrs
                 .context_extensions
                 .get(EXT_REQUIRE)

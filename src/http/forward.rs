@@ -1,60 +1,120 @@
-//! Forward auth over HTTP: nginx `auth_request`, Traefik `forwardAuth`, and
-//! Envoy's ext_authz HTTP service. Same decisions as the gRPC Check.
+//! Forward auth over HTTP (INTERFACE.md section 4): one endpoint per kind of
+//! proxy, each reading the original request only from what its own proxy
+//! sets. Same decisions as the gRPC Check.
 //!
-//! The original request comes from headers the proxy sets (nginx:
-//! X-Original-Method/-URI; Traefik: X-Forwarded-Method/-Uri/-Host) or, for
-//! Envoy's HTTP service with `path_prefix: /authz`, from our own request
-//! line. Per-route requirements are not read from headers here: nginx copies
-//! client headers into the subrequest, so any such header could be forged.
+//! | endpoint | proxy | method, URI, host |
+//! |---|---|---|
+//! | `/authz/auth-request` | nginx `auth_request` | `X-Original-Method`, `X-Original-URI`, `X-Forwarded-Host` else `Host` |
+//! | `/authz/forward-auth` | Traefik `forwardAuth`, Caddy `forward_auth` | `X-Forwarded-Method`, `X-Forwarded-Uri`, `X-Forwarded-Host` |
+//! | `/authz/ext-authz/{*path}` | Envoy HTTP ext_authz | own method, own path after the prefix, `Host` |
+//!
+//! Traefik and Caddy pass every client header on to the auth service and set
+//! only their own `X-Forwarded-*`; nginx copies client headers into the
+//! subrequest too. So an endpoint never falls back to another proxy's
+//! headers: a client-sent `X-Original-URI` must not choose what a Caddy check
+//! decides. A header the proxy always sets that is missing or repeated means
+//! a misconfigured proxy (or a client reaching the endpoint directly): 400
+//! `invalid_request`, which nginx turns into 500 and Traefik/Caddy pass on,
+//! closed either way. Per-route requirements are never read from headers.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION, HOST};
+use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, StatusCode};
 
+use super::authorization;
 use crate::app::AppState;
 use crate::authz::{CheckInput, Decision};
+use crate::error::Error;
+
+/// Envoy's HTTP ext_authz service is configured with this `path_prefix`;
+/// the original path follows it.
+pub const EXT_AUTHZ_PREFIX: &str = "/authz/ext-authz";
 
 /// Envoy's HTTP ext_authz reads this response header as the list of request
 /// headers to drop before forwarding upstream.
 const ENVOY_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
-pub async fn authz(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let start = Instant::now();
+/// The original request, borrowed from the check request.
+struct Original<'a> {
+    method: &'a str,
+    uri: &'a str,
+    host: &'a str,
+}
+
+/// nginx `auth_request`.
+pub async fn auth_request(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let h = req.headers();
-    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
-    let own_path = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    let envoy_path = own_path
-        .strip_prefix("/authz")
-        .filter(|p| !p.is_empty())
-        .unwrap_or("/");
-    let (method, path) = if let Some(uri) = text("x-original-uri") {
-        (text("x-original-method").unwrap_or("GET"), uri)
-    } else if let Some(uri) = text("x-forwarded-uri") {
-        (text("x-forwarded-method").unwrap_or("GET"), uri)
-    } else {
-        (req.method().as_str(), envoy_path)
+    let original = (|| {
+        let uri = required_uri(h, "x-original-uri")?;
+        let method = required_text(h, "x-original-method")?;
+        let host = match single_text(h, "x-forwarded-host")? {
+            Some(host) => host,
+            None => single_text(h, HOST.as_str())?.unwrap_or(""),
+        };
+        Ok(Original { method, uri, host })
+    })();
+    check(&state, h, original, false).await
+}
+
+/// Traefik `forwardAuth` and Caddy `forward_auth`.
+pub async fn forward_auth(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let h = req.headers();
+    let original = (|| {
+        Ok(Original {
+            uri: required_uri(h, "x-forwarded-uri")?,
+            method: required_text(h, "x-forwarded-method")?,
+            host: required_text(h, "x-forwarded-host")?,
+        })
+    })();
+    check(&state, h, original, false).await
+}
+
+/// Envoy's HTTP ext_authz service (`path_prefix: /authz/ext-authz`): the
+/// check request is the original one, its path behind the prefix.
+pub async fn ext_authz(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let h = req.headers();
+    let own = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let original = match own.strip_prefix(EXT_AUTHZ_PREFIX) {
+        Some(uri) if uri.starts_with('/') => single_text(h, HOST.as_str()).map(|host| Original {
+            method: req.method().as_str(),
+            uri,
+            host: host.unwrap_or(""),
+        }),
+        _ => Err(Error::InvalidCheckRequest(format!(
+            "the path must start with {EXT_AUTHZ_PREFIX}/"
+        ))),
     };
-    let host = text("x-forwarded-host")
-        .or_else(|| text(HOST.as_str()))
-        .unwrap_or("");
+    check(&state, h, original, true).await
+}
+
+async fn check(
+    state: &AppState,
+    h: &HeaderMap,
+    original: Result<Original<'_>, Error>,
+    envoy: bool,
+) -> Response {
+    let start = Instant::now();
+    let original = match original {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "forward-auth request without the proxy's headers; is the proxy configured as documented?");
+            return e.into_response();
+        }
+    };
     let input = CheckInput {
-        method,
-        host,
-        path,
-        authorization: text(AUTHORIZATION.as_str()),
+        method: original.method,
+        host: original.host,
+        path: original.uri,
+        authorization: authorization(h),
         ext_require: None,
         ext_max_age: None,
     };
     let decision = state.authz.check(&input).await;
-    let resp = render(&state, &decision, h);
+    let resp = render(state, &decision, h, envoy);
     state
         .metrics
         .http_checks
@@ -62,7 +122,42 @@ pub async fn authz(State(state): State<Arc<AppState>>, req: Request) -> Response
     resp
 }
 
-fn render(state: &AppState, decision: &Decision, req_headers: &HeaderMap) -> Response {
+/// The one value of a header, `None` when absent; repeated or not text is
+/// 400: a proxy sets each of these once.
+fn single_text<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Error> {
+    let mut all = h.get_all(name).iter();
+    match (all.next(), all.next()) {
+        (None, _) => Ok(None),
+        (Some(_), Some(_)) => Err(Error::InvalidCheckRequest(format!(
+            "{name} given more than once"
+        ))),
+        (Some(v), None) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| Error::InvalidCheckRequest(format!("{name} is not text"))),
+    }
+}
+
+fn required_text<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, Error> {
+    single_text(h, name)?.ok_or_else(|| Error::InvalidCheckRequest(format!("{name} is missing")))
+}
+
+/// The original URI: like [`required_text`], but UTF-8 is accepted (nginx
+/// passes `$request_uri` as the client sent it; the path normalizer reads
+/// UTF-8).
+fn required_uri<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, Error> {
+    let mut all = h.get_all(name).iter();
+    match (all.next(), all.next()) {
+        (None, _) => Err(Error::InvalidCheckRequest(format!("{name} is missing"))),
+        (Some(_), Some(_)) => Err(Error::InvalidCheckRequest(format!(
+            "{name} given more than once"
+        ))),
+        (Some(v), None) => std::str::from_utf8(v.as_bytes())
+            .map_err(|_| Error::InvalidCheckRequest(format!("{name} is not UTF-8"))),
+    }
+}
+
+fn render(state: &AppState, decision: &Decision, req_headers: &HeaderMap, envoy: bool) -> Response {
     let names = &state.authz.headers;
     match decision {
         Decision::Allow {
@@ -80,14 +175,16 @@ fn render(state: &AppState, decision: &Decision, req_headers: &HeaderMap) -> Res
                     }
                 }
             }
-            let stale: Vec<&str> = req_headers
-                .keys()
-                .map(HeaderName::as_str)
-                .filter(|k| names.has_prefix(k) && !out.contains_key(*k))
-                .collect();
-            if !stale.is_empty() {
-                if let Ok(v) = HeaderValue::from_str(&stale.join(",")) {
-                    out.insert(ENVOY_REMOVE, v);
+            if envoy {
+                let stale: Vec<&str> = req_headers
+                    .keys()
+                    .map(HeaderName::as_str)
+                    .filter(|k| names.has_prefix(k) && !out.contains_key(*k))
+                    .collect();
+                if !stale.is_empty() {
+                    if let Ok(v) = HeaderValue::from_str(&stale.join(",")) {
+                        out.insert(ENVOY_REMOVE, v);
+                    }
                 }
             }
             (StatusCode::OK, out).into_response()

@@ -1,5 +1,6 @@
-//! The HTTP listener: forward auth (`/authz`), health, metrics, the dev token
-//! route, and the `/user` API. Errors leave as RFC 9457 problem+json.
+//! The HTTP listener's routes: forward auth (`/authz/auth-request`,
+//! `/authz/forward-auth`, `/authz/ext-authz/...`), health, metrics, the dev
+//! token route, and the `/user` API. Errors leave as RFC 9457 problem+json.
 
 mod dev;
 mod forward;
@@ -17,11 +18,27 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
-use serde::de::DeserializeOwned;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::AppState;
+use crate::authz::AuthHeader;
 use crate::error::Error;
+
+/// The request's `Authorization` header for [`crate::authz::bearer`]: sent
+/// twice, it is two credentials, never "the first one wins".
+pub fn authorization(headers: &HeaderMap) -> AuthHeader<'_> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    match (all.next(), all.next()) {
+        (None, _) => AuthHeader::Absent,
+        (Some(_), Some(_)) => AuthHeader::Invalid("more than one Authorization header"),
+        (Some(v), None) => v
+            .to_str()
+            .map_or(AuthHeader::Invalid("malformed"), AuthHeader::Value),
+    }
+}
 
 /// Bodies of the JSON API are small (INTERFACE.md section 5: 16 KiB).
 pub const MAX_BODY: usize = 16 * 1024;
@@ -31,8 +48,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/authz", any(forward::authz))
-        .route("/authz/{*rest}", any(forward::authz))
+        .route("/authz/auth-request", any(forward::auth_request))
+        .route("/authz/forward-auth", any(forward::forward_auth))
+        .route("/authz/ext-authz/", any(forward::ext_authz))
+        .route("/authz/ext-authz/{*path}", any(forward::ext_authz))
         .route(
             "/keycloak/backchannel-logout",
             post(logout::backchannel_logout),
@@ -109,6 +128,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// Two passes, so that the class of the error does not depend on where in
+/// the body the first problem is: the syntax of the whole body first (any
+/// error: 400 `invalid_json`, even if an unknown field comes before it),
+/// then its shape (any error: 422 `invalid_request`). The first pass reads
+/// into [`IgnoredAny`] rather than a `serde_json::Value`: it allocates
+/// nothing, and the typed pass still sees a repeated key (a `Value` would
+/// keep the last one silently, and two readers could disagree on the body).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.len() > MAX_BODY {
         return Err(Error::PayloadTooLarge);
@@ -118,17 +144,99 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     } else {
         bytes
     };
-    serde_json::from_slice(body).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Data => Error::InvalidRequest(e.to_string()),
-            _ => Error::InvalidJson(e.to_string()),
-        }
-    })
+    serde_json::from_slice::<IgnoredAny>(body).map_err(|e| Error::InvalidJson(e.to_string()))?;
+    // Every body of the API is an object; serde would also read a struct
+    // from an array of its fields in order (`["email"]`).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::InvalidRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| Error::InvalidRequest(e.to_string()))
 }
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         problem::response(&self, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct SendOtp {
+        otp_type: String,
+    }
+
+    fn code(body: &str) -> &'static str {
+        match parse_json::<SendOtp>(body.as_bytes()) {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_400_whatever_fields_it_names() {
+        for body in [
+            r#"{"unknown": 1,"#,
+            r#"{"unknown": 1, "otp_type": }"#,
+            r#"{"otp_type": "email"} trailing"#,
+            r#"{"otp_type": 5,"#,
+            r#"{"otp_type": "email""#,
+            "{'otp_type': 'email'}",
+            "\u{feff}{}",
+        ] {
+            assert_eq!(code(body), "invalid_json", "{body}");
+        }
+        assert_eq!(
+            parse_json::<SendOtp>(br#"{"x":1,"#).unwrap_err().status(),
+            http::StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn well_formed_json_of_the_wrong_shape_is_422() {
+        for body in [
+            r#"{"otp_type": 5}"#,
+            r#"{"otp_type": null}"#,
+            r#"{"otp_type": "email", "unknown": 1}"#,
+            r#"{"otp_type": "email", "otp_type": "sms"}"#,
+            "{}",
+            "",
+            "[]",
+            r#"["email"]"#,
+            "5",
+            "null",
+        ] {
+            assert_eq!(code(body), "invalid_request", "{body}");
+        }
+        assert_eq!(
+            parse_json::<SendOtp>(br#"{"otp_type": 5}"#)
+                .unwrap_err()
+                .status(),
+            http::StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(code(r#"{"otp_type": "email"}"#), "ok");
+    }
+
+    #[test]
+    fn authorization_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(authorization(&h), AuthHeader::Absent);
+        h.append(AUTHORIZATION, "Bearer a".parse().unwrap());
+        assert_eq!(authorization(&h), AuthHeader::Value("Bearer a"));
+        h.append(AUTHORIZATION, "Bearer b".parse().unwrap());
+        assert!(matches!(authorization(&h), AuthHeader::Invalid(_)));
+        let mut h = HeaderMap::new();
+        h.append(
+            AUTHORIZATION,
+            http::HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+        );
+        assert!(matches!(authorization(&h), AuthHeader::Invalid(_)));
     }
 }

@@ -1670,6 +1670,62 @@ def check_docs(secret_keys: set) -> None:
     R.run("docs/deploy.md: every repository path it names exists", paths)
 
 
+# ── the Traefik example (Traefik cannot be installed here: shape only) ────
+
+IDENTITY_HEADERS = [
+    "X-Auth-Request-User", "X-Auth-Request-Subject", "X-Auth-Request-Email",
+    "X-Auth-Request-Groups", "X-Auth-Request-Second-Factor", "X-Auth-Request-Second-Factor-At",
+]
+
+
+def check_traefik() -> None:
+    path = ROOT / "envoy/traefik.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    http = cfg["http"]
+    mws = http["middlewares"]
+    routers = http["routers"]
+    services = http["services"]
+    fwd = {name: m["forwardAuth"] for name, m in mws.items() if "forwardAuth" in m}
+
+    def forward_auth():
+        need(len(fwd) == 1, f"one forwardAuth middleware, got {list(fwd)}")
+        fa = next(iter(fwd.values()))
+        need(re.fullmatch(r"https?://[^/]+/authz/forward-auth", fa["address"]) is not None,
+             f"address {fa['address']!r} is not .../authz/forward-auth (INTERFACE.md section 4)")
+        need(fa.get("trustForwardHeader", False) is False,
+             "trustForwardHeader must be false: a client's X-Forwarded-Uri would choose what is checked")
+        need(fa.get("authResponseHeaders") == IDENTITY_HEADERS,
+             f"authResponseHeaders {fa.get('authResponseHeaders')} != {IDENTITY_HEADERS}")
+        rx = fa.get("authResponseHeadersRegex")
+        need(isinstance(rx, str), "authResponseHeadersRegex drops every client identity header")
+        # Go's regexp and Python's agree on this subset: (?i), ^, literals.
+        for h in IDENTITY_HEADERS + ["X-Auth-Request-Foo", "x-auth-request-user"]:
+            need(re.search(rx, h) is not None, f"authResponseHeadersRegex {rx!r} misses {h}")
+        for h in ["Authorization", "X-Forwarded-Uri", "X-Auth-Requestx"]:
+            need(re.search(rx, h) is None, f"authResponseHeadersRegex {rx!r} matches {h}")
+    R.run("envoy/traefik.yaml: forwardAuth to /authz/forward-auth, untrusted X-Forwarded-*, identity headers", forward_auth)
+
+    def routes():
+        fa_name = next(iter(fwd))
+        need(set(services) >= {"app", "twofa-authz"}, f"services {list(services)}")
+        for name, r in routers.items():
+            need(r.get("service") in services, f"router {name}: unknown service {r.get('service')}")
+            if r["service"] == "app":
+                need(fa_name in r.get("middlewares", []), f"router {name} reaches the application without {fa_name}")
+        user = [r for r in routers.values() if r["service"] == "twofa-authz"]
+        need(len(user) == 1, "one router to the twofa-authz user API")
+        rule = user[0]["rule"]
+        for p in ["Path(`/user`)", "PathPrefix(`/user/`)", "Path(`/keycloak/backchannel-logout`)"]:
+            need(p in rule, f"user API rule {rule!r} lacks {p}")
+        need("PathPrefix(`/user`)" not in rule, "PathPrefix(`/user`) would also route /userdata")
+        need(user[0].get("priority", 0) > max(r.get("priority", 0) for r in routers.values() if r["service"] == "app"),
+             "the user API router must win over the catch-all")
+        twofa_url = services["twofa-authz"]["loadBalancer"]["servers"][0]["url"]
+        need(next(iter(fwd.values()))["address"].startswith(twofa_url.rstrip("/") + "/"),
+             "forwardAuth address and the twofa-authz service point to different places")
+    R.run("envoy/traefik.yaml: every router to the application is behind forwardAuth; /user routed to twofa-authz", routes)
+
+
 def cargo_version() -> str:
     return tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
 
@@ -1713,6 +1769,7 @@ def main() -> int:
     section("deploy/grafana", check_dashboard)
     section("deploy/prometheus", check_alerts)
     section("docs/deploy.md", check_docs, secret_keys)
+    section("envoy/traefik.yaml", check_traefik)
 
     print(f"{R.passed} passed, {R.failed} failed")
     return 1 if R.failed else 0

@@ -17,6 +17,9 @@ scenarios_through!(Proxy::Envoy;
     authz_unreachable_fails_closed,
     path_tricks_get_the_strict_requirement,
     client_identity_headers_never_reach_upstream,
+    ambiguous_paths_get_the_strictest_requirement,
+    more_than_one_credential_is_401,
+    spoofed_original_request_headers_are_ignored,
 );
 
 /// The route's `context_extensions` beat the rules: twofa-authz's own rule makes
@@ -43,7 +46,7 @@ async fn route_settings_beat_policy_rules() {
         response.status,
         200,
         "{}",
-        stack.explain("/authz /admin", &response)
+        stack.explain("/authz/auth-request /admin", &response)
     );
 
     let response = stack.get("/admin/users").bearer(&token.jwt).send().await;
@@ -121,5 +124,153 @@ async fn grpc_checks_are_counted() {
             line(decision).unwrap_or_else(|| panic!("no grpc {decision} count in:\n{text}"));
         let count: f64 = found.rsplit(' ').next().unwrap().parse().unwrap();
         assert!(count >= 1.0, "{found}");
+    }
+}
+
+mod grpc_direct {
+    //! Check requests built by hand, in both header forms Envoy uses: the
+    //! `headers` map (repeated headers joined with `,`) and, with
+    //! `encode_raw_headers`, the `header_map` list (each header on its own).
+
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use twofa_authz::grpc::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    use twofa_authz::grpc::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request,
+    };
+    use twofa_authz::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use twofa_authz::grpc::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+    use crate::support::keycloak::now;
+    use crate::support::Stack;
+
+    const UNAUTHENTICATED: i32 = 16;
+    const PERMISSION_DENIED: i32 = 7;
+
+    fn check(path: &str, headers: &[(&str, &str)], raw: bool) -> CheckRequest {
+        let mut http = HttpRequest {
+            method: "GET".into(),
+            path: path.into(),
+            host: "app.example.com".into(),
+            ..Default::default()
+        };
+        if raw {
+            http.header_map = Some(HeaderMap {
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| HeaderValue {
+                        key: k.to_string(),
+                        value: String::new(),
+                        raw_value: v.as_bytes().to_vec(),
+                    })
+                    .collect(),
+            });
+        } else {
+            // As Envoy builds it: lower-case names, repeats joined with `,`.
+            let mut map: HashMap<String, String> = HashMap::new();
+            for (k, v) in headers {
+                map.entry(k.to_ascii_lowercase())
+                    .and_modify(|e| {
+                        e.push(',');
+                        e.push_str(v);
+                    })
+                    .or_insert_with(|| v.to_string());
+            }
+            http.headers = map;
+        }
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request { http: Some(http) }),
+                context_extensions: HashMap::new(),
+            }),
+        }
+    }
+
+    async fn client(stack: &Stack) -> AuthorizationClient<tonic::transport::Channel> {
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{}", stack.app.grpc_addr()))
+                .unwrap()
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .expect("connect to the gRPC listener");
+        AuthorizationClient::new(channel)
+    }
+
+    async fn status(
+        client: &mut AuthorizationClient<tonic::transport::Channel>,
+        request: CheckRequest,
+    ) -> (i32, String) {
+        let response = client.check(request).await.expect("Check").into_inner();
+        let status = response.status.expect("a status");
+        (status.code, status.message)
+    }
+
+    /// INTERFACE.md section 3: more than one credential is 401 invalid_token,
+    /// in the joined `headers` form and in the `header_map` form alike.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_than_one_credential_is_unauthenticated() {
+        let stack = Stack::start(None).await;
+        let mut client = client(&stack).await;
+        let token = stack.keycloak.token().build();
+        let bearer = format!("Bearer {}", token.jwt);
+        for raw in [false, true] {
+            let one = check("/api/x", &[("authorization", &bearer)], raw);
+            assert_eq!(status(&mut client, one).await.0, 0, "control, raw={raw}");
+            let cases: [Vec<(&str, String)>; 4] = [
+                vec![
+                    ("authorization", bearer.clone()),
+                    ("authorization", bearer.clone()),
+                ],
+                vec![("authorization", format!("{bearer}, {bearer}"))],
+                vec![("authorization", format!("Basic YWxpY2U6cHc=, {bearer}"))],
+                vec![
+                    ("authorization", "Basic YWxpY2U6cHc=".into()),
+                    ("Authorization", bearer.clone()),
+                ],
+            ];
+            for case in cases {
+                let headers: Vec<(&str, &str)> =
+                    case.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let (code, message) = status(&mut client, check("/api/x", &headers, raw)).await;
+                assert_eq!(
+                    (code, message.as_str()),
+                    (UNAUTHENTICATED, "invalid_token"),
+                    "raw={raw}, {case:?}"
+                );
+            }
+        }
+    }
+
+    /// The gRPC form of the path finding: `/admin;x/users` misses the
+    /// step-up rule as written and would fall to a rule without max_age.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ambiguous_paths_get_the_smallest_max_age() {
+        let stack = Stack::start(None).await;
+        let mut client = client(&stack).await;
+        let token = stack.keycloak.token().build();
+        stack.mark_verified(&token, "totp", now() - 20 * 60).await;
+        let bearer = format!("Bearer {}", token.jwt);
+        let auth = [("authorization", bearer.as_str())];
+        // The control: no max_age on /secure (default 2fa), so 20 minutes do.
+        assert_eq!(
+            status(&mut client, check("/secure", &auth, false)).await.0,
+            0
+        );
+        for path in [
+            "/admin;x/users",
+            "/Admin/users",
+            "/admin.json",
+            "/admin./users",
+            "/ADMIN",
+        ] {
+            let (code, message) = status(&mut client, check(path, &auth, false)).await;
+            assert_eq!(
+                (code, message.as_str()),
+                (PERMISSION_DENIED, "second_factor_required"),
+                "{path}"
+            );
+        }
     }
 }

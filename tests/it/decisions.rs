@@ -1,6 +1,6 @@
 //! The decisions of INTERFACE.md section 3, one scenario per row (and per attack),
-//! each run through Envoy (`check_envoy`) and through nginx (`check_nginx`)
-//! against the echo application.
+//! each run through Envoy (`check_envoy`), nginx (`check_nginx`) and Caddy
+//! (`check_caddy`) against the echo application.
 
 use std::time::Duration;
 
@@ -605,5 +605,189 @@ pub async fn client_identity_headers_never_reach_upstream(proxy: Proxy) {
             "{}: x-auth-request-foo reached the upstream",
             stack.name()
         );
+    }
+}
+
+/// The rules of the path-form finding: a step-up rule under a token rule, and
+/// another step-up rule with a smaller `max_age` elsewhere (the smallest of any
+/// rule is what an ambiguous path gets).
+const AMBIGUOUS_RULES: &str = r#"[
+  { path_prefix = "/user", require = "token" },
+  { path_prefix = "/public", require = "none" },
+  { path_prefix = "/admin", require = "2fa", max_age = "15m" },
+  { path_prefix = "/api/admin", require = "2fa", max_age = "30m" },
+  { path_prefix = "/api", require = "token" },
+]"#;
+
+/// Forms of `/api/admin` that Tomcat/Spring, Express or IIS serve as
+/// `/api/admin`, but that the rule does not match as written.
+const API_ADMIN_FORMS: [&str; 6] = [
+    "/api/Admin/x",
+    "/api/admin;jsessionid=1/x",
+    "/api/admin.json",
+    "/api/admin./x",
+    "/API/ADMIN",
+    "/api/admin;x=1.json",
+];
+
+/// Forms of `/admin` (a route of its own in envoy/envoy.yaml): through Envoy
+/// they miss that route and fall to the catch-all, which has no max_age.
+const ADMIN_FORMS: [&str; 4] = [
+    "/admin;x/users",
+    "/Admin/users",
+    "/admin.json",
+    "/admin./users",
+];
+
+/// INTERFACE.md section 3: a path that a rule matches only when read leniently
+/// (case, `;`-parameters, trailing dots, `.ext`) gets `2fa` with the smallest
+/// `max_age` of any rule, whatever weaker rule matches it as written; so does
+/// a path that cannot be normalized.
+pub async fn ambiguous_paths_get_the_strictest_requirement(proxy: Proxy) {
+    let stack = Stack::start_with(Some(proxy), |config| {
+        config.set("policy", "rules", AMBIGUOUS_RULES);
+    })
+    .await;
+    let kc = &stack.keycloak;
+
+    // Unverified: the rule as written is token-only for /api, 2fa for
+    // /api/admin; every form of /api/admin is 2fa.
+    let unverified = kc.token().build();
+    let response = stack.get("/api/x").bearer(&unverified.jwt).send().await;
+    assert_reached_upstream(&stack, "control: /api/x, token", &response);
+    for target in ["/api/admin/x"]
+        .iter()
+        .chain(&API_ADMIN_FORMS)
+        .chain(&ADMIN_FORMS)
+    {
+        let response = stack.get(target).bearer(&unverified.jwt).send().await;
+        let what = format!("GET {target}, session not verified");
+        assert_problem(&stack, &what, &response, 403, "second_factor_required");
+    }
+
+    // Verified 20 minutes ago: /api/admin as written allows it (30m), its
+    // forms and the /admin forms do not (the smallest max_age, 15m).
+    let older = kc.token().build();
+    stack.mark_verified(&older, "totp", now() - 20 * 60).await;
+    let response = stack.get("/api/admin/x").bearer(&older.jwt).send().await;
+    assert_reached_upstream(
+        &stack,
+        "control: /api/admin/x, verified 20 min ago",
+        &response,
+    );
+    for target in API_ADMIN_FORMS.iter().chain(&ADMIN_FORMS) {
+        let response = stack.get(target).bearer(&older.jwt).send().await;
+        let what = format!("GET {target}, verified 20 min ago (smallest max_age 15m)");
+        assert_problem(&stack, &what, &response, 403, "second_factor_required");
+    }
+    // A path that cannot be normalized also gets the smallest max_age (here
+    // also on the /public route, whose per-route `none` does not stand).
+    // Envoy resolves `..;` itself (normalize_path): then the upstream gets,
+    // and twofa-authz decides, the resolved path, never the form as sent.
+    for target in [
+        "/public/..;/admin/users",
+        "/api/admin/..;/x",
+        "/public/.../admin",
+    ] {
+        let response = stack.get(target).bearer(&older.jwt).send().await;
+        let what = format!("GET {target}, verified 20 min ago");
+        if let Some(echoed) = Echoed::from_response(&response) {
+            assert!(
+                proxy == Proxy::Envoy && echoed.path() != target && !echoed.path().contains(".."),
+                "{}",
+                stack.explain(&what, &response)
+            );
+            continue;
+        }
+        if response.status != 400 {
+            assert_problem(&stack, &what, &response, 403, "second_factor_required");
+        }
+    }
+
+    // Verified a minute ago: the forms are allowed, not blanket-refused.
+    let fresh = kc.token().build();
+    stack.mark_verified(&fresh, "totp", now() - 60).await;
+    for target in API_ADMIN_FORMS.iter().chain(&ADMIN_FORMS) {
+        let response = stack.get(target).bearer(&fresh.jwt).send().await;
+        let echoed = assert_reached_upstream(&stack, &format!("GET {target}, fresh"), &response);
+        assert_eq!(
+            echoed.header("x-auth-request-second-factor").as_deref(),
+            Some("totp")
+        );
+    }
+}
+
+/// INTERFACE.md section 3: more than one credential is 401 `invalid_token`,
+/// whichever way the proxy hands the duplicate on (Envoy joins the headers
+/// with `,`; Caddy passes both; nginx refuses two Authorization headers with
+/// its own 400 before asking anyone).
+pub async fn more_than_one_credential_is_401(proxy: Proxy) {
+    let stack = Stack::start(Some(proxy)).await;
+    let token = stack.keycloak.token().build();
+    let other = stack.keycloak.token().user("bob").build();
+    let response = stack.get("/api/x").bearer(&token.jwt).send().await;
+    assert_reached_upstream(&stack, "control: one token", &response);
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        (
+            "two Authorization headers",
+            vec![
+                format!("Bearer {}", token.jwt),
+                format!("Bearer {}", other.jwt),
+            ],
+        ),
+        (
+            "Bearer a, Bearer b",
+            vec![format!("Bearer {}, Bearer {}", token.jwt, other.jwt)],
+        ),
+        (
+            "Basic x, Bearer y",
+            vec![format!("Basic YWxpY2U6cHc=, Bearer {}", token.jwt)],
+        ),
+    ];
+    for (case, values) in cases {
+        for target in ["/api/x", "/secure"] {
+            let mut request = stack.get(target);
+            for v in &values {
+                request = request.header("Authorization", v);
+            }
+            let response = request.send().await;
+            let what = format!("GET {target}, {case}");
+            if proxy == Proxy::Nginx && values.len() > 1 {
+                assert_eq!(response.status, 400, "{}", stack.explain(&what, &response));
+                assert!(Echoed::from_response(&response).is_none());
+                continue;
+            }
+            assert_problem(&stack, &what, &response, 401, "invalid_token");
+            assert_www_authenticate(&stack, &what, &response, true);
+        }
+    }
+}
+
+/// The headers by which other proxies name the original request, sent by the
+/// client: none of them chooses what is checked.
+pub async fn spoofed_original_request_headers_are_ignored(proxy: Proxy) {
+    let stack = Stack::start(Some(proxy)).await;
+    let unverified = stack.keycloak.token().build();
+    let spoofed = |target: &str| {
+        stack
+            .get(target)
+            .header("X-Original-URI", "/public")
+            .header("X-Original-Method", "GET")
+            .header("X-Forwarded-Uri", "/public")
+            .header("X-Forwarded-Method", "GET")
+            .header("X-Forwarded-Host", "public.example.com")
+            .header("X-Forwarded-Prefix", "/public")
+            .header("X-Envoy-Original-Path", "/public")
+            .header("X-Original-URL", "/public")
+    };
+    for target in ["/admin/users", "/secure", "/api/x"] {
+        let response = spoofed(target).send().await;
+        let what = format!("GET {target}, spoofed, no token");
+        assert_problem(&stack, &what, &response, 401, "missing_token");
+    }
+    for target in ["/admin/users", "/secure"] {
+        let response = spoofed(target).bearer(&unverified.jwt).send().await;
+        let what = format!("GET {target}, spoofed, unverified token");
+        assert_problem(&stack, &what, &response, 403, "second_factor_required");
     }
 }

@@ -231,7 +231,7 @@ async fn no_keys_yet_is_503_until_keycloak_answers() {
 
     let token = kc.token().build();
     let authz = |jwt: String| {
-        http::get(app.http_addr(), "/authz")
+        http::get(app.http_addr(), "/authz/auth-request")
             .header("X-Original-Method", "GET")
             .header("X-Original-URI", "/api/x")
             .bearer(&jwt)

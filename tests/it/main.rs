@@ -1,8 +1,8 @@
-//! Integration tests: the real `twofa-authz` binary behind a real Envoy and a real
-//! nginx, with a real Redis, a Keycloak stand-in and an echo application.
+//! Integration tests: the real `twofa-authz` binary behind a real Envoy, a real
+//! nginx and a real Caddy, with a real Redis, a Keycloak stand-in and an echo application.
 //!
 //! Run through `scripts/test.sh`, which installs the tools and exports where they
-//! are (`TWOFA_TEST_ENVOY`, `TWOFA_TEST_NGINX`, `TWOFA_TEST_REDIS`,
+//! are (`TWOFA_TEST_ENVOY`, `TWOFA_TEST_NGINX`, `TWOFA_TEST_CADDY`, `TWOFA_TEST_REDIS`,
 //! `TWOFA_TEST_PG_BINDIR`), or with `cargo test --test it` once they are there.
 
 // The Keycloak discovery document is one large `json!` literal.
@@ -22,6 +22,8 @@ macro_rules! scenarios_through {
     };
 }
 
+mod bad_input;
+mod check_caddy;
 mod check_envoy;
 mod check_nginx;
 mod cli;
@@ -32,6 +34,7 @@ mod dev_walkthrough;
 mod forward_auth;
 mod harness;
 mod keys;
+mod listener;
 mod logout;
 mod messages;
 mod methods_hint;

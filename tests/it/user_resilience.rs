@@ -93,7 +93,7 @@ async fn database_down_at_start_then_migrated_when_it_comes() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["code"], "storage_unavailable");
     // A token route is decided all the same.
-    let r = http::get(app.http_addr(), "/authz")
+    let r = http::get(app.http_addr(), "/authz/auth-request")
         .header("X-Original-Method", "GET")
         .header("X-Original-URI", "/api/x")
         .bearer(&token.jwt)

@@ -54,11 +54,9 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Response> {
-        let header = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let result = match bearer(header) {
+        // Two Authorization headers are two credentials: 401, as on the
+        // Check path, never "the first one wins".
+        let result = match bearer(crate::http::authorization(&parts.headers)) {
             Ok(None) => Err(Error::MissingToken),
             Err(why) => Err(Error::InvalidToken(why)),
             Ok(Some(t)) => match state.authz.validator().validate(t).await {

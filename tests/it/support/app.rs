@@ -261,6 +261,16 @@ impl App {
         self.child.assert_running();
     }
 
+    /// Sends `signal` and returns at once.
+    pub fn signal(&self, signal: i32) {
+        self.child.signal(signal);
+    }
+
+    /// Waits for the process to exit by itself, at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.child.wait_exit(timeout).await
+    }
+
     /// Sends `signal` and waits for the process to exit.
     pub async fn signal_and_wait(&mut self, signal: i32, timeout: Duration) -> Option<ExitStatus> {
         self.child.signal(signal);

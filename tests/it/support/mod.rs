@@ -1,5 +1,5 @@
 //! The integration-test harness: real processes (twofa-authz, Redis, Envoy, nginx,
-//! PostgreSQL) on free loopback ports, and in-process stand-ins for Keycloak and
+//! Caddy, PostgreSQL) on free loopback ports, and in-process stand-ins for Keycloak and
 //! the protected application.
 
 // Not every test uses every helper.
@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod burst;
+pub mod caddy;
 pub mod envoy;
 pub mod http;
 pub mod kc_admin;
@@ -27,6 +28,7 @@ pub mod upstream;
 use std::time::Duration;
 
 use app::{test_encryption_key, toml_strings, App, AppConfig};
+use caddy::Caddy;
 use envoy::{Envoy, Targets};
 use keycloak::{Keycloak, Token};
 use nginx::Nginx;
@@ -51,6 +53,7 @@ pub const POLICY_RULES: &str = r#"[
 pub enum Proxy {
     Envoy,
     Nginx,
+    Caddy,
 }
 
 /// The configuration every test starts from: fast key refetches, the stand-ins'
@@ -91,6 +94,7 @@ pub struct Stack {
     pub proxy: Option<Proxy>,
     envoy: Option<Envoy>,
     nginx: Option<Nginx>,
+    caddy: Option<Caddy>,
     pub app: App,
     pub upstream: Upstream,
     pub keycloak: Keycloak,
@@ -116,15 +120,18 @@ impl Stack {
             http_port: app.http_port(),
             app_port: upstream.port(),
         };
-        let (envoy, nginx) = match proxy {
-            Some(Proxy::Envoy) => (Some(Envoy::start(targets).await), None),
-            Some(Proxy::Nginx) => (None, Some(Nginx::start(targets).await)),
-            None => (None, None),
-        };
+        let (mut envoy, mut nginx, mut caddy) = (None, None, None);
+        match proxy {
+            Some(Proxy::Envoy) => envoy = Some(Envoy::start(targets).await),
+            Some(Proxy::Nginx) => nginx = Some(Nginx::start(targets).await),
+            Some(Proxy::Caddy) => caddy = Some(Caddy::start(targets).await),
+            None => {}
+        }
         Stack {
             proxy,
             envoy,
             nginx,
+            caddy,
             app,
             upstream,
             keycloak,
@@ -135,17 +142,19 @@ impl Stack {
 
     /// The address clients talk to: the proxy's listener.
     pub fn proxy_addr(&self) -> String {
-        match (&self.envoy, &self.nginx) {
-            (Some(envoy), _) => envoy.addr(),
-            (_, Some(nginx)) => nginx.addr(),
+        match (&self.envoy, &self.nginx, &self.caddy) {
+            (Some(envoy), _, _) => envoy.addr(),
+            (_, Some(nginx), _) => nginx.addr(),
+            (_, _, Some(caddy)) => caddy.addr(),
             _ => panic!("this stack runs no proxy"),
         }
     }
 
     pub fn proxy_log(&self) -> String {
-        match (&self.envoy, &self.nginx) {
-            (Some(envoy), _) => envoy.log(),
-            (_, Some(nginx)) => nginx.log(),
+        match (&self.envoy, &self.nginx, &self.caddy) {
+            (Some(envoy), _, _) => envoy.log(),
+            (_, Some(nginx), _) => nginx.log(),
+            (_, _, Some(caddy)) => caddy.log(),
             _ => String::new(),
         }
     }
@@ -159,9 +168,10 @@ impl Stack {
         http::request(method, &self.proxy_addr(), target)
     }
 
-    /// A forward-auth check straight to twofa-authz, the way nginx asks it.
+    /// A forward-auth check straight to twofa-authz, the way nginx asks it
+    /// (`/authz/auth-request`).
     pub fn authz(&self, method: &str, uri: &str) -> http::Request {
-        http::get(self.app.http_addr(), "/authz")
+        http::get(self.app.http_addr(), "/authz/auth-request")
             .header("X-Original-Method", method)
             .header("X-Original-URI", uri)
             .header("X-Forwarded-Host", "app.example.com")
