@@ -87,13 +87,7 @@ pub async fn send(
         Channel::Email => {
             state
                 .delivery
-                .send_email_code(
-                    &dest,
-                    &issued.code,
-                    ttl,
-                    Purpose::Login,
-                    id.locale(),
-                )
+                .send_email_code(&dest, &issued.code, ttl, Purpose::Login, id.locale())
                 .await
         }
         Channel::Mobile => {
