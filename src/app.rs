@@ -17,6 +17,8 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::KeyRing;
 use crate::delivery::Delivery;
+use crate::factor::service::{Directory, Ports, Settings};
+use crate::factor::Factors;
 use crate::keycloak::AdminClient;
 use crate::metrics::Metrics;
 use crate::store::{self, EphemeralStore, ProfileStore, SessionStore};
@@ -44,6 +46,8 @@ pub struct AppState {
     pub delivery: Arc<Delivery>,
     /// The Keycloak Admin REST API, when `keycloak.admin_client_id` is set.
     pub keycloak_admin: Option<Arc<AdminClient>>,
+    /// Every rule of the `/user` API's factor and contact flows.
+    pub factors: Arc<Factors>,
 }
 
 pub struct Readiness {
@@ -141,6 +145,24 @@ impl AppState {
             KeyRing::from_config(&cfg.security.encryption_keys)
                 .map_err(|e| format!("security.encryption_keys: {e}"))?,
         );
+        let factors = Arc::new(Factors::new(
+            Ports {
+                ephemeral: ephemeral.clone(),
+                profiles: profiles.clone(),
+                sessions: sessions.clone(),
+                keys: keys.clone(),
+                delivery: delivery.clone(),
+                directory: keycloak_admin.clone().map(|a| a as Arc<dyn Directory>),
+                metrics: metrics.clone(),
+                clock: clock.clone(),
+            },
+            Settings {
+                security: cfg.security.clone(),
+                totp: cfg.totp.clone(),
+                sync_verified_contacts: cfg.keycloak.sync_verified_contacts,
+                mobile_attribute: cfg.keycloak.mobile_attribute.clone(),
+            },
+        ));
         let authz = Arc::new(Authorizer::new(
             &cfg,
             Arc::new(validator),
@@ -161,6 +183,7 @@ impl AppState {
             keys,
             delivery,
             keycloak_admin,
+            factors,
         }))
     }
 

@@ -45,8 +45,11 @@ pub struct Identity {
     pub iat: Option<i64>,
     /// `exp` plus the leeway: when a cached copy stops being usable.
     pub valid_until: i64,
-    /// Precomputed session-store key for (iss, sub, sid).
+    /// Precomputed session hash of (iss, sub, sid) (`token::session_hash`).
     pub session_key: Option<String>,
+    /// Precomputed subject hash of (iss, sub) (`token::subject_hash`): how
+    /// short-lived state names this user (`store::keys`).
+    pub subject_key: String,
 }
 
 #[derive(Deserialize, Clone)]
@@ -248,8 +251,10 @@ impl Validator {
         let session_key = sid
             .as_deref()
             .map(|sid| super::session_hash(&c.iss, &sub, sid));
+        let subject_key = super::subject_hash(&c.iss, &sub);
         Ok(Identity {
             session_key,
+            subject_key,
             iss: c.iss,
             sub,
             sid,
