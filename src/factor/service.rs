@@ -328,10 +328,7 @@ impl Factors {
                 let session = require_session(id)?;
                 (verified_contact(&p, channel), Some(session))
             }
-            Purpose::Contact => {
-                self.require_recent_factor(id, &p).await?;
-                (pending, None)
-            }
+            Purpose::Contact => (pending, None),
         };
         let Some(dest) = dest else {
             self.record(method, "no_pending");
@@ -348,6 +345,11 @@ impl Factors {
             self.record(method, "no_pending");
             return Err(Error::NoPendingCode);
         };
+        if purpose == Purpose::Contact {
+            // Confirming changes a contact. Checked once there is something
+            // to confirm (404 first), and before any code is compared.
+            self.require_recent_factor(id, &p).await?;
+        }
         let restore: Restore = self
             .attempt(id, method, async {
                 Ok(
@@ -508,20 +510,23 @@ impl Factors {
         let p = self.profile(id).await?;
         require_session(id)?;
         let secret = if is_new_seed {
-            self.require_recent_factor(id, &p).await?;
             if self.profiles.get_totp(&id.sub).await?.is_some() {
                 return Err(Error::TotpAlreadyEnabled);
             }
             let now = self.clock.now();
-            match t::get_pending(self.eph.as_ref(), &self.keys, &id.subject_key, &id.sub, now)
-                .await?
-            {
-                Some(s) => s,
-                None => {
-                    self.record(Factor::Totp, "no_pending");
-                    return Err(Error::NoPendingTotp);
-                }
-            }
+            let pending =
+                t::get_pending(self.eph.as_ref(), &self.keys, &id.subject_key, &id.sub, now)
+                    .await?;
+            let Some(s) = pending else {
+                self.record(Factor::Totp, "no_pending");
+                return Err(Error::NoPendingTotp);
+            };
+            // The enrollment rule again: the session that generated the
+            // secret may be another one, or no longer recent. Checked once
+            // there is something to confirm (404 first), and before the
+            // code is compared.
+            self.require_recent_factor(id, &p).await?;
+            s
         } else {
             match t::get_enrolled(self.profiles.as_ref(), &self.keys, &id.sub).await? {
                 Some(s) => s,
