@@ -37,6 +37,7 @@ mod methods_hint;
 mod service;
 mod session_store;
 mod stores;
+mod user_budget;
 mod user_common;
 mod user_contact;
 mod user_inputs;

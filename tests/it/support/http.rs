@@ -123,7 +123,8 @@ impl Request {
     }
 }
 
-fn parse(raw: &[u8], head_only: bool) -> Option<Response> {
+/// A raw HTTP/1.1 response read to the end of its connection.
+pub fn parse(raw: &[u8], head_only: bool) -> Option<Response> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..end]).ok()?;
     let rest = &raw[end + 4..];

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod burst;
 pub mod envoy;
 pub mod http;
 pub mod kc_admin;
