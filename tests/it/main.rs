@@ -43,4 +43,5 @@ mod user_contact;
 mod user_inputs;
 mod user_login;
 mod user_resilience;
+mod user_sensitive;
 mod user_totp;
