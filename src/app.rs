@@ -17,6 +17,7 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::KeyRing;
 use crate::delivery::Delivery;
+use crate::factor::hashing::HashPool;
 use crate::factor::service::{Directory, Ports, Settings};
 use crate::factor::Factors;
 use crate::keycloak::AdminClient;
@@ -48,6 +49,9 @@ pub struct AppState {
     pub keycloak_admin: Option<Arc<AdminClient>>,
     /// Every rule of the `/user` API's factor and contact flows.
     pub factors: Arc<Factors>,
+    /// Argon2id hashing of recovery codes, a few at a time with bounded
+    /// memory (`factor::hashing`).
+    pub hashing: Arc<HashPool>,
 }
 
 pub struct Readiness {
@@ -145,6 +149,7 @@ impl AppState {
             KeyRing::from_config(&cfg.security.encryption_keys)
                 .map_err(|e| format!("security.encryption_keys: {e}"))?,
         );
+        let hashing = Arc::new(HashPool::for_host()?);
         let factors = Arc::new(Factors::new(
             Ports {
                 ephemeral: ephemeral.clone(),
@@ -154,6 +159,7 @@ impl AppState {
                 delivery: delivery.clone(),
                 directory: keycloak_admin.clone().map(|a| a as Arc<dyn Directory>),
                 metrics: metrics.clone(),
+                hashing: hashing.clone(),
                 clock: clock.clone(),
             },
             Settings {
@@ -184,6 +190,7 @@ impl AppState {
             delivery,
             keycloak_admin,
             factors,
+            hashing,
         }))
     }
 

@@ -1,7 +1,8 @@
 //! Secrets at rest and one-time-code hygiene: AES-256-GCM with a key ring
 //! (`security.encryption_keys`: the first key encrypts, all decrypt, so keys
-//! can rotate), a keyed hash for one-time codes, constant-time comparison,
-//! and CSPRNG codes.
+//! can rotate), a keyed hash for one-time codes (issued under the first key,
+//! checked under every key, so rotation never breaks a code already sent),
+//! constant-time comparison, and CSPRNG codes.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -29,14 +30,16 @@ pub enum CryptoError {
 pub struct KeyRing {
     /// (id, cipher); the first encrypts.
     keys: Vec<(String, Aes256Gcm)>,
-    code_mac_key: [u8; 32],
+    /// One code-hash key per encryption key, in the same order: the first
+    /// hashes new codes, every one is tried when a code is checked.
+    code_mac_keys: Vec<[u8; 32]>,
 }
 
 impl KeyRing {
     /// From validated `security.encryption_keys` entries `ID:BASE64_32_BYTES`.
     pub fn from_config(list: &SecretList) -> Result<Self, CryptoError> {
         let mut keys = Vec::new();
-        let mut first: Option<[u8; 32]> = None;
+        let mut code_mac_keys = Vec::new();
         for entry in &list.0 {
             let (id, b64) = entry.expose().split_once(':').ok_or(CryptoError::BadKey)?;
             let bytes = base64::engine::general_purpose::STANDARD
@@ -46,18 +49,17 @@ impl KeyRing {
                 .as_slice()
                 .try_into()
                 .map_err(|_| CryptoError::BadKey)?;
-            first.get_or_insert(arr);
             let cipher = Aes256Gcm::new_from_slice(&arr).map_err(|_| CryptoError::BadKey)?;
             keys.push((id.to_string(), cipher));
+            code_mac_keys.push(code_mac_key(&arr)?);
         }
-        let first = first.ok_or(CryptoError::BadKey)?;
-        // A separate key for code hashes, derived so that a leaked code hash
-        // says nothing about the encryption key (HMAC as a PRF, RFC 5869 style).
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&first).map_err(|_| CryptoError::BadKey)?;
-        mac.update(b"twofa-authz one-time-code hash v1");
-        let code_mac_key = mac.finalize().into_bytes().into();
-        Ok(Self { keys, code_mac_key })
+        if keys.is_empty() {
+            return Err(CryptoError::BadKey);
+        }
+        Ok(Self {
+            keys,
+            code_mac_keys,
+        })
     }
 
     pub fn current_key_id(&self) -> &str {
@@ -102,17 +104,44 @@ impl KeyRing {
     }
 
     /// Keyed hash of a one-time code and everything it is bound to; stored
-    /// instead of the code. Hex.
+    /// instead of the code. Hex. Under the first key's code-hash key.
     pub fn code_hash(&self, parts: &[&[u8]]) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.code_mac_key)
-            .unwrap_or_else(|_| unreachable_hmac());
-        for p in parts {
-            // Length-prefix each part so ("ab","c") and ("a","bc") differ.
-            mac.update(&(p.len() as u64).to_be_bytes());
-            mac.update(p);
-        }
-        hex::encode(mac.finalize().into_bytes())
+        self.code_mac_keys
+            .first()
+            .map(|k| code_hash_under(k, parts))
+            .unwrap_or_default()
     }
+
+    /// Whether `stored` is the code hash of `parts` under any configured key,
+    /// compared in constant time. A code sent before a new key was put first
+    /// is hashed under a key that is now further down the list: it must still
+    /// verify until it expires (rotation must not invalidate codes already
+    /// sent). Every key is tried, with no early exit.
+    pub fn code_hash_matches(&self, stored: &str, parts: &[&[u8]]) -> bool {
+        self.code_mac_keys.iter().fold(false, |found, k| {
+            found | ct_eq(code_hash_under(k, parts).as_bytes(), stored.as_bytes())
+        })
+    }
+}
+
+/// The code-hash key of one encryption key: separate, and derived so that a
+/// leaked code hash says nothing about the encryption key (HMAC as a PRF,
+/// RFC 5869 style).
+fn code_mac_key(encryption_key: &[u8; 32]) -> Result<[u8; 32], CryptoError> {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(encryption_key).map_err(|_| CryptoError::BadKey)?;
+    mac.update(b"twofa-authz one-time-code hash v1");
+    Ok(mac.finalize().into_bytes().into())
+}
+
+fn code_hash_under(key: &[u8; 32], parts: &[&[u8]]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable_hmac());
+    for p in parts {
+        // Length-prefix each part so ("ab","c") and ("a","bc") differ.
+        mac.update(&(p.len() as u64).to_be_bytes());
+        mac.update(p);
+    }
+    hex::encode(mac.finalize().into_bytes())
 }
 
 #[cold]
@@ -195,8 +224,33 @@ mod tests {
         let d = random_digits(8);
         assert_eq!(d.len(), 8);
         assert!(d.bytes().all(|b| b.is_ascii_digit()));
+        assert!(r.code_hash_matches(&r.code_hash(&[b"123456"]), &[b"123456"]));
+        assert!(!r.code_hash_matches(&r.code_hash(&[b"123456"]), &[b"123457"]));
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"ab"));
+    }
+
+    /// Rotation: a code hashed while K1 came first still verifies once K2 is
+    /// put first (and K1 kept), and with K1 alone; new codes are hashed under
+    /// K2, which K1 alone does not accept. Dropping K1 ends the old codes,
+    /// as dropping a key is meant to.
+    #[test]
+    fn code_hashes_survive_key_rotation() {
+        let parts: &[&[u8]] = &[b"twofa otp v1", b"123456", b"login"];
+        let before = ring(&[K1]).code_hash(parts);
+        let rotated = ring(&[K2, K1]);
+        assert!(rotated.code_hash_matches(&before, parts));
+        assert!(!rotated.code_hash_matches(&before, &[b"twofa otp v1", b"123457", b"login"]));
+        // The order of the old keys does not matter either.
+        assert!(ring(&[K2, K1]).code_hash_matches(&ring(&[K1, K2]).code_hash(parts), parts));
+        let after = rotated.code_hash(parts);
+        assert_ne!(after, before, "new codes are hashed under the first key");
+        assert_eq!(after, ring(&[K2]).code_hash(parts));
+        assert!(rotated.code_hash_matches(&after, parts));
+        assert!(!ring(&[K1]).code_hash_matches(&after, parts));
+        assert!(!ring(&[K2]).code_hash_matches(&before, parts));
+        assert!(!rotated.code_hash_matches("", parts));
+        assert!(!rotated.code_hash_matches(&before[..10], parts));
     }
 }

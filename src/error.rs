@@ -64,6 +64,10 @@ pub enum Error {
     NotFound,
     #[error("a backing service is unavailable")]
     StorageUnavailable(String),
+    /// Expensive work (password hashing) is at its bound: the caller may
+    /// retry, nothing was done. Not in the contract; see the README.
+    #[error("the server is busy; try again shortly")]
+    Busy { retry_after: Duration },
     #[error("the identity provider's admin API failed")]
     KeycloakAdminFailed(String),
     #[error("internal error")]
@@ -98,6 +102,7 @@ impl Error {
             Error::InvalidLogoutToken(_) => "invalid_logout_token",
             Error::NotFound => "not_found",
             Error::StorageUnavailable(_) => "storage_unavailable",
+            Error::Busy { .. } => "busy",
             Error::KeycloakAdminFailed(_) => "keycloak_admin_failed",
             Error::Internal(_) => "internal_error",
         }
@@ -107,7 +112,7 @@ impl Error {
         match self {
             Error::MissingToken | Error::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Error::SecondFactorRequired { .. } => StatusCode::FORBIDDEN,
-            Error::AuthzUnavailable(_) | Error::StorageUnavailable(_) => {
+            Error::AuthzUnavailable(_) | Error::StorageUnavailable(_) | Error::Busy { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Error::InvalidJson(_) | Error::InvalidCode { .. } | Error::InvalidLogoutToken(_) => {
@@ -147,9 +152,9 @@ impl Error {
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::ResendTooSoon { retry_after } | Error::TooManyAttempts { retry_after } => {
-                Some(*retry_after)
-            }
+            Error::ResendTooSoon { retry_after }
+            | Error::TooManyAttempts { retry_after }
+            | Error::Busy { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -186,7 +191,9 @@ impl Error {
                         serde_json::json!(attempts_remaining),
                     );
                 }
-                Error::ResendTooSoon { retry_after } | Error::TooManyAttempts { retry_after } => {
+                Error::ResendTooSoon { retry_after }
+                | Error::TooManyAttempts { retry_after }
+                | Error::Busy { retry_after } => {
                     obj.insert(
                         "retry_after".into(),
                         serde_json::json!(retry_after.as_secs().max(1)),

@@ -8,9 +8,10 @@
 //!
 //! Verification looks the pending code up ([`pending`]), then, once the
 //! caller has taken an attempt from the budget, compares hashes in constant
-//! time and consumes the code with `EphemeralStore::delete_if_eq`
-//! ([`compare`]), so that of N parallel requests with the right code exactly
-//! one succeeds.
+//! time, under every configured key (a code sent before a key rotation
+//! still verifies), and consumes the code with
+//! `EphemeralStore::delete_if_eq` ([`compare`]), so that of N parallel
+//! requests with the right code exactly one succeeds.
 //!
 //! Keys: [`keys::code`] the pending code (TTL `security.otp_ttl`),
 //! [`keys::resend`] the resend timer (TTL `security.otp_resend_interval`).
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{ct_eq, random_digits, KeyRing};
+use crate::crypto::{random_digits, KeyRing};
 use crate::error::Error;
 use crate::store::{keys, EphemeralStore, Factor};
 
@@ -84,13 +85,24 @@ pub fn resend_key(channel: Channel, u: &str) -> String {
     keys::resend(u, channel.as_str())
 }
 
-/// The stored form of `code` under `b`.
+/// The stored form of `code` under `b` (hashed under the first key).
 pub fn hash(keys: &KeyRing, code: &str, b: &Binding<'_>) -> String {
+    with_parts(code, b, |parts| keys.code_hash(parts))
+}
+
+/// Whether `stored` is the stored form of `code` under `b`, hashed under
+/// any configured key: a code sent before a key rotation still verifies.
+pub fn matches(keys: &KeyRing, stored: &str, code: &str, b: &Binding<'_>) -> bool {
+    with_parts(code, b, |parts| keys.code_hash_matches(stored, parts))
+}
+
+/// What a code's hash covers.
+fn with_parts<R>(code: &str, b: &Binding<'_>, f: impl FnOnce(&[&[u8]]) -> R) -> R {
     let session = match b.purpose {
         Purpose::Login => b.session.unwrap_or(""),
         Purpose::Contact => "",
     };
-    keys.code_hash(&[
+    f(&[
         b"twofa otp v1",
         code.as_bytes(),
         b.purpose.as_str().as_bytes(),
@@ -224,15 +236,15 @@ pub async fn compare(
     b: &Binding<'_>,
     input: &str,
 ) -> Result<Check, Error> {
-    let typed = hash(keys, &normalize(input), b);
-    if !ct_eq(pending.stored.as_bytes(), typed.as_bytes()) {
+    if !matches(keys, &pending.stored, &normalize(input), b) {
         return Ok(Check::Wrong);
     }
     let ttl = eph.ttl(&pending.key).await?;
-    if eph.delete_if_eq(&pending.key, &typed).await? {
+    // The stored hash, not a recomputed one: it may be under an older key.
+    if eph.delete_if_eq(&pending.key, &pending.stored).await? {
         Ok(Check::Consumed(Restore {
             key: pending.key,
-            hash: typed,
+            hash: pending.stored,
             ttl,
         }))
     } else {
@@ -279,6 +291,53 @@ mod tests {
             destination: dest,
             session: Some(session),
         }
+    }
+
+    #[tokio::test]
+    async fn a_code_sent_before_a_key_rotation_still_verifies() {
+        let clock = ManualClock::new(1_700_000_000);
+        let eph = MemoryEphemeralStore::new(clock.clone() as Arc<dyn Clock>);
+        let ring_of = |keys: &[&str]| {
+            KeyRing::from_config(&SecretList(keys.iter().map(|k| Secret::new(*k)).collect()))
+                .unwrap()
+        };
+        const K1: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        const K2: &str = "k2:HxwdHh8AAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRo=";
+        let b = login("a@example.com", "s1");
+        let issued = issue(&eph, &ring_of(&[K1]), "u", &b, 6, MIN * 10, MIN)
+            .await
+            .unwrap();
+        // The operator puts a new key first and keeps the old one.
+        let rotated = ring_of(&[K2, K1]);
+        let wrong = if issued.code == "000000" {
+            "111111"
+        } else {
+            "000000"
+        };
+        assert!(matches!(
+            check(&eph, &rotated, "u", &b, wrong).await.unwrap(),
+            Check::Wrong
+        ));
+        let Check::Consumed(restore) = check(&eph, &rotated, "u", &b, &issued.code).await.unwrap()
+        else {
+            panic!("a code sent before the rotation no longer verifies");
+        };
+        // Put back as it was stored, it verifies again.
+        restore.put_back(&eph).await;
+        assert!(matches!(
+            check(&eph, &rotated, "u", &b, &issued.code).await.unwrap(),
+            Check::Consumed(_)
+        ));
+        // Without the old key it would not (dropping a key ends its codes).
+        let issued = issue(&eph, &ring_of(&[K1]), "w", &b, 6, MIN * 10, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(matches!(
+            check(&eph, &ring_of(&[K2]), "w", &b, &issued.code)
+                .await
+                .unwrap(),
+            Check::Wrong
+        ));
     }
 
     #[tokio::test]

@@ -7,11 +7,16 @@
 //! nothing a user reads off paper is ambiguous. 20 × log2(31) ≈ 99 bits of
 //! randomness (the contract asks for at least 80; 16 symbols of this set
 //! would give 79.3). Case, dashes and spaces are ignored on input.
+//!
+//! Hashing and verifying run as jobs of the bounded hashing pool
+//! (`factor::hashing`), one job per request.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Argon2, Params, Version};
 use rand::rngs::OsRng;
 use rand::Rng;
+
+use super::hashing::{HashPool, Hasher};
+use crate::error::Error;
+use crate::store::ProfileStore;
 
 /// The symbols of a code, in no particular order.
 pub const ALPHABET: &[u8; 31] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
@@ -19,10 +24,6 @@ pub const ALPHABET: &[u8; 31] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
 pub const LEN: usize = 20;
 /// Symbols per group when shown.
 pub const GROUP: usize = 4;
-
-#[derive(Debug, thiserror::Error)]
-#[error("recovery code hashing failed: {0}")]
-pub struct HashError(String);
 
 /// A new code from the OS CSPRNG, grouped for display.
 pub fn generate() -> String {
@@ -62,90 +63,92 @@ pub fn normalize(input: &str) -> Option<String> {
     (s.len() == LEN && s.bytes().all(|b| ALPHABET.contains(&b))).then_some(s)
 }
 
-/// Argon2id with m = 8 MiB, t = 1, p = 1.
-///
-/// Lighter than OWASP's password setting (m = 19 MiB, t = 2) on purpose: the
-/// memory-hard cost exists to slow down guessing of low-entropy passwords,
-/// while a recovery code carries ~99 random bits, so a stolen hash cannot be
-/// brute-forced at any cost setting. What matters here is that the hash is
-/// salted and one-way; what the cost does affect is our own latency, since
-/// one verification may try every stored code (up to
-/// `security.recovery_code_count`, default 10 → roughly 10 × 10 ms).
-fn hasher() -> Argon2<'static> {
-    // Constant, valid parameters: Params::new cannot fail for them.
-    let params = Params::new(8 * 1024, 1, 1, None).unwrap_or_default();
-    Argon2::new(argon2::Algorithm::Argon2id, Version::V0x13, params)
+/// PHC strings of `codes`, each normalized first (a string that is not a
+/// possible code is an error: only [`generate`]'s output is hashed).
+/// Argon2id with m = 8 MiB, t = 1, p = 1 (see [`super::hashing::M_COST`]
+/// for why that is enough for ~99 random bits).
+pub fn hash_with(h: &mut Hasher, codes: &[String]) -> Result<Vec<String>, Error> {
+    codes
+        .iter()
+        .map(|c| {
+            let norm = normalize(c)
+                .ok_or_else(|| Error::Internal("not a recovery code was to be hashed".into()))?;
+            h.hash(norm.as_bytes())
+                .map_err(|e| Error::Internal(e.to_string()))
+        })
+        .collect()
 }
 
-/// PHC string (`$argon2id$v=19$m=8192,t=1,p=1$salt$hash`) of a code, which
-/// is normalized first. Blocking: call from `spawn_blocking`.
-pub fn hash_blocking(code: &str) -> Result<String, HashError> {
-    let norm = normalize(code).ok_or_else(|| HashError("not a recovery code".into()))?;
-    let salt = SaltString::generate(&mut OsRng);
-    hasher()
-        .hash_password(norm.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| HashError(e.to_string()))
-}
-
-/// The id of the stored code that `input` matches, if any. Blocking: call
-/// from `spawn_blocking`. The parameters are read from each PHC string, so
-/// codes hashed with other settings still verify.
-pub fn find_blocking(input: &str, stored: &[(i64, String)]) -> Option<i64> {
+/// The id of the stored code that `input` matches, if any. The parameters
+/// are read from each PHC string, so codes hashed with other settings (and
+/// before the hashing pool) still verify.
+pub fn find_with(h: &mut Hasher, input: &str, stored: &[(i64, String)]) -> Option<i64> {
     let norm = normalize(input)?;
-    let h = hasher();
-    stored.iter().find_map(|(id, phc)| {
-        let parsed = PasswordHash::new(phc).ok()?;
-        h.verify_password(norm.as_bytes(), &parsed)
-            .ok()
-            .map(|()| *id)
-    })
+    stored
+        .iter()
+        .find(|(_, phc)| h.verify(norm.as_bytes(), phc))
+        .map(|(id, _)| *id)
 }
 
-/// Hashes each code off the async runtime.
-pub async fn hash_all(codes: Vec<String>) -> Result<Vec<String>, HashError> {
-    tokio::task::spawn_blocking(move || codes.iter().map(|c| hash_blocking(c)).collect())
-        .await
-        .map_err(|e| HashError(e.to_string()))?
+/// A new set of codes, hashed but not stored yet.
+pub struct Prepared {
+    codes: Vec<String>,
+    hashes: Vec<String>,
 }
 
-/// [`find_blocking`] off the async runtime.
-pub async fn find(input: String, stored: Vec<(i64, String)>) -> Result<Option<i64>, HashError> {
-    tokio::task::spawn_blocking(move || find_blocking(&input, &stored))
-        .await
-        .map_err(|e| HashError(e.to_string()))
+impl Prepared {
+    /// Replaces the subject's codes by these and returns them, to be shown
+    /// once (only their hashes are stored).
+    pub async fn store(
+        self,
+        profiles: &dyn ProfileStore,
+        subject: &str,
+    ) -> Result<Vec<String>, Error> {
+        profiles
+            .replace_recovery_codes(subject, &self.hashes)
+            .await?;
+        Ok(self.codes)
+    }
+}
+
+/// `n` new codes and their hashes, as one job of `hashing`: 503 `busy` when
+/// the pool is full. Nothing is stored, so a flow that must not be left half
+/// done (confirming a TOTP enrollment) can hash first and commit after.
+pub async fn prepare(hashing: &HashPool, n: usize) -> Result<Prepared, Error> {
+    let codes = generate_set(n);
+    let to_hash = codes.clone();
+    let hashes = hashing.run(move |h| hash_with(h, &to_hash)).await??;
+    Ok(Prepared { codes, hashes })
 }
 
 /// Replaces the subject's recovery codes by `n` new ones and returns them
-/// (to be shown once; only their hashes are stored).
+/// (to be shown once; only their hashes are stored): [`prepare`], then
+/// [`Prepared::store`].
 pub async fn issue(
-    profiles: &dyn crate::store::ProfileStore,
+    profiles: &dyn ProfileStore,
+    hashing: &HashPool,
     subject: &str,
     n: usize,
-) -> Result<Vec<String>, crate::error::Error> {
-    let codes = generate_set(n);
-    let hashes = hash_all(codes.clone())
-        .await
-        .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
-    profiles.replace_recovery_codes(subject, &hashes).await?;
-    Ok(codes)
+) -> Result<Vec<String>, Error> {
+    prepare(hashing, n).await?.store(profiles, subject).await
 }
 
 /// Finds and spends the stored code that `input` matches: Some(codes left)
 /// on success; None when nothing matches or a parallel request spent the
-/// same code first (each code verifies exactly once).
+/// same code first (each code verifies exactly once). Trying the stored
+/// codes is one job of `hashing`: 503 `busy` when the pool is full.
 pub async fn redeem(
-    profiles: &dyn crate::store::ProfileStore,
+    profiles: &dyn ProfileStore,
+    hashing: &HashPool,
     subject: &str,
     input: &str,
-) -> Result<Option<usize>, crate::error::Error> {
+) -> Result<Option<usize>, Error> {
     let stored = profiles.recovery_codes(subject).await?;
     if stored.is_empty() || normalize(input).is_none() {
         return Ok(None);
     }
-    let found = find(input.to_string(), stored)
-        .await
-        .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+    let input = input.to_string();
+    let found = hashing.run(move |h| find_with(h, &input, &stored)).await?;
     let Some(id) = found else {
         return Ok(None);
     };
@@ -220,56 +223,88 @@ mod tests {
 
     #[test]
     fn hash_and_find() {
+        let mut h = Hasher::for_tests();
         let codes = generate_set(3);
-        let hashes: Vec<String> = codes.iter().map(|c| hash_blocking(c).unwrap()).collect();
-        for (c, h) in codes.iter().zip(&hashes) {
-            assert!(h.starts_with("$argon2id$v=19$m=8192,t=1,p=1$"));
-            assert!(!h.contains(c.as_str()));
-            assert!(!h.contains(&normalize(c).unwrap()));
+        let hashes = hash_with(&mut h, &codes).unwrap();
+        for (c, hash) in codes.iter().zip(&hashes) {
+            assert!(hash.starts_with("$argon2id$v=19$m=8192,t=1,p=1$"));
+            assert!(!hash.contains(c.as_str()));
+            assert!(!hash.contains(&normalize(c).unwrap()));
         }
         // Salted: the same code hashes differently twice.
-        assert_ne!(hash_blocking(&codes[0]).unwrap(), hashes[0]);
+        assert_ne!(hash_with(&mut h, &codes[..1]).unwrap()[0], hashes[0]);
         let stored: Vec<(i64, String)> = hashes
             .into_iter()
             .enumerate()
             .map(|(i, h)| (i as i64 + 10, h))
             .collect();
-        assert_eq!(find_blocking(&codes[1], &stored), Some(11));
+        assert_eq!(find_with(&mut h, &codes[1], &stored), Some(11));
         let sloppy = codes[2].to_lowercase().replace('-', " ");
-        assert_eq!(find_blocking(&sloppy, &stored), Some(12));
-        assert_eq!(find_blocking(&generate(), &stored), None);
-        assert_eq!(find_blocking("nonsense", &stored), None);
-        assert_eq!(find_blocking(&codes[0], &[(1, "garbage".into())]), None);
+        assert_eq!(find_with(&mut h, &sloppy, &stored), Some(12));
+        assert_eq!(find_with(&mut h, &generate(), &stored), None);
+        assert_eq!(find_with(&mut h, "nonsense", &stored), None);
+        assert_eq!(find_with(&mut h, &codes[0], &[(1, "garbage".into())]), None);
+        assert!(hash_with(&mut h, &["not a code".into()]).is_err());
     }
 
+    /// A code stored before the hashing pool existed (hashed by the argon2
+    /// crate's `PasswordHasher`) is found and spent.
     #[tokio::test]
-    async fn async_wrappers() {
-        let codes = generate_set(2);
-        let hashes = hash_all(codes.clone()).await.unwrap();
-        let stored = vec![(1, hashes[0].clone()), (2, hashes[1].clone())];
-        assert_eq!(find(codes[1].clone(), stored).await.unwrap(), Some(2));
+    async fn codes_hashed_before_the_pool_still_redeem() {
+        use crate::store::sqlite::SqliteProfileStore;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteProfileStore::new(&url).unwrap();
+        store.migrate().await.unwrap();
+        let old = "$argon2id$v=19$m=8192,t=1,p=1$gzCavu4aBA+kcDErbgaooA$W6PnbLJWI+jXrf5E2RNutJejQporZhFKgZ/gmMgwIuE";
+        store
+            .replace_recovery_codes("alice", &[old.to_string()])
+            .await
+            .unwrap();
+        let pool = HashPool::new(1, 4).unwrap();
+        assert_eq!(
+            redeem(&store, &pool, "alice", "7KQM-2XWD-HJ9P-RT3N-ZZ4B")
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            redeem(&store, &pool, "alice", "7kqm 2xwd hj9p rt3n zz4a")
+                .await
+                .unwrap(),
+            Some(0)
+        );
     }
 
     #[tokio::test]
     async fn issue_and_redeem_against_a_store() {
         use crate::store::sqlite::SqliteProfileStore;
-        use crate::store::ProfileStore;
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = SqliteProfileStore::new(&url).unwrap();
         store.migrate().await.unwrap();
-        let codes = issue(&store, "alice", 4).await.unwrap();
+        let pool = HashPool::new(1, 4).unwrap();
+        let codes = issue(&store, &pool, "alice", 4).await.unwrap();
         assert_eq!(codes.len(), 4);
         assert_eq!(store.recovery_codes("alice").await.unwrap().len(), 4);
-        assert_eq!(redeem(&store, "alice", &codes[2]).await.unwrap(), Some(3));
-        assert_eq!(redeem(&store, "alice", &codes[2]).await.unwrap(), None);
-        assert_eq!(redeem(&store, "bob", &codes[1]).await.unwrap(), None);
-        assert_eq!(redeem(&store, "alice", "junk").await.unwrap(), None);
-        // Reissuing replaces the whole set.
-        let fresh = issue(&store, "alice", 2).await.unwrap();
-        assert_eq!(redeem(&store, "alice", &codes[0]).await.unwrap(), None);
         assert_eq!(
-            redeem(&store, "alice", &fresh[0].to_lowercase())
+            redeem(&store, &pool, "alice", &codes[2]).await.unwrap(),
+            Some(3)
+        );
+        assert_eq!(
+            redeem(&store, &pool, "alice", &codes[2]).await.unwrap(),
+            None
+        );
+        assert_eq!(redeem(&store, &pool, "bob", &codes[1]).await.unwrap(), None);
+        assert_eq!(redeem(&store, &pool, "alice", "junk").await.unwrap(), None);
+        // Reissuing replaces the whole set.
+        let fresh = issue(&store, &pool, "alice", 2).await.unwrap();
+        assert_eq!(
+            redeem(&store, &pool, "alice", &codes[0]).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            redeem(&store, &pool, "alice", &fresh[0].to_lowercase())
                 .await
                 .unwrap(),
             Some(1)

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::hashing::HashPool;
 use super::lockout::retry_after;
 use super::otp::{self, Binding, Channel, Check, Issued, Purpose, Restore};
 use super::recovery;
@@ -63,6 +64,8 @@ pub struct Ports {
     /// The Keycloak admin client, when configured.
     pub directory: Option<Arc<dyn Directory>>,
     pub metrics: Arc<Metrics>,
+    /// Recovery-code hashing, a few at a time.
+    pub hashing: Arc<HashPool>,
     pub clock: SharedClock,
 }
 
@@ -85,6 +88,7 @@ pub struct Factors {
     delivery: Arc<Delivery>,
     directory: Option<Arc<dyn Directory>>,
     metrics: Arc<Metrics>,
+    hashing: Arc<HashPool>,
     clock: SharedClock,
     s: Settings,
 }
@@ -177,6 +181,7 @@ impl Factors {
             delivery: p.delivery,
             directory: p.directory,
             metrics: p.metrics,
+            hashing: p.hashing,
             clock: p.clock,
             s,
         }
@@ -570,6 +575,9 @@ impl Factors {
     /// Enables the confirmed pending secret and issues the recovery codes.
     async fn confirm_totp(&self, id: &Identity, secret: &TotpSecret) -> Result<Vec<String>, Error> {
         let rec = t::seal_record(&self.keys, &id.sub, secret, self.clock.now())?;
+        // Hashed first: a busy hashing pool (503) leaves nothing enrolled.
+        let n = self.s.security.recovery_code_count as usize;
+        let prepared = recovery::prepare(&self.hashing, n).await?;
         if !self.profiles.insert_totp(&id.sub, &rec).await? {
             // A parallel confirmation (of another pending secret) won.
             return Err(Error::TotpAlreadyEnabled);
@@ -578,8 +586,7 @@ impl Factors {
             // It lapses by itself; confirming it again fails with 409.
             tracing::warn!(error = %e, "could not remove the confirmed pending TOTP secret");
         }
-        let n = self.s.security.recovery_code_count as usize;
-        match recovery::issue(self.profiles.as_ref(), &id.sub, n).await {
+        match prepared.store(self.profiles.as_ref(), &id.sub).await {
             Ok(codes) => Ok(codes),
             Err(e) => {
                 // Without its recovery codes the enrollment is not complete:
@@ -617,7 +624,9 @@ impl Factors {
                 // A wrong code and one a parallel request spent first look
                 // the same: both count as wrong.
                 Ok(
-                    match recovery::redeem(self.profiles.as_ref(), &id.sub, input).await? {
+                    match recovery::redeem(self.profiles.as_ref(), &self.hashing, &id.sub, input)
+                        .await?
+                    {
                         Some(n) => Compared::Right(n),
                         None => Compared::Wrong,
                     },
@@ -636,7 +645,7 @@ impl Factors {
         let p = self.profile(id).await?;
         self.require_recent_factor(id, &p).await?;
         let n = self.s.security.recovery_code_count as usize;
-        let codes = recovery::issue(self.profiles.as_ref(), &id.sub, n).await?;
+        let codes = recovery::issue(self.profiles.as_ref(), &self.hashing, &id.sub, n).await?;
         tracing::info!("recovery codes regenerated");
         self.notify(id, recipients(&p), Notice::RecoveryCodesRegenerated)
             .await;

@@ -34,6 +34,8 @@ mod harness;
 mod keys;
 mod logout;
 mod methods_hint;
+mod otp_rotation;
+mod recovery_burst;
 mod service;
 mod session_store;
 mod stores;

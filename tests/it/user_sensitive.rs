@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::burst::{self, statuses, Req};
+use crate::support::burst::{self, statuses};
 use crate::support::http::Response;
 use crate::support::keycloak::now;
 use crate::user_budget::{enroll_totp, factorless_user, stack, Store};
@@ -248,8 +248,16 @@ async fn change_notices_are_rate_limited_per_user_channel_and_kind() {
     u.create_profile(&alice).await;
     u.stack.mark_verified(&alice, "email", now()).await;
 
-    let req = Req::new("POST", "/user/recovery-codes").bearer(&alice.jwt);
-    let answers = burst::barrier(u.addr(), &vec![req; 50]).await;
+    let requests = (0..50)
+        .map(|_| u.req("POST", "/user/recovery-codes", &alice))
+        .collect();
+    let answers: Vec<Response> = burst::release(requests, Duration::from_secs(60))
+        .await
+        .answers()
+        .await
+        .into_iter()
+        .map(|a| a.response)
+        .collect();
     let created = answers.iter().filter(|a| a.status == 201).count();
     assert!(created >= 1, "{:?}", statuses(&answers));
     assert!(

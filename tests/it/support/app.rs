@@ -174,6 +174,11 @@ impl App {
         .await
     }
 
+    /// The process id of the running binary.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     /// `127.0.0.1:PORT` of the HTTP listener.
     pub fn http_addr(&self) -> &str {
         &self.http_addr

@@ -1,22 +1,105 @@
 //! Requests truly in flight at once, for the limits that must hold under
 //! concurrency (a loop of sequential requests proves nothing there):
 //!
+//! - [`release`]: each request on a connection of its own, opened and
+//!   written up to its last byte first; then a barrier releases all the last
+//!   bytes together, so the server sees every request complete within the
+//!   same instant rather than one after another as a loop would send them.
 //! - [`h2`]: N requests on ONE HTTP/2 connection (h2c with prior knowledge,
-//!   as the HTTP listener serves it). Every request, body included, is queued
-//!   before the connection is driven at all, so they leave in one burst of
-//!   writes and none of them can have been answered before the last is sent.
-//! - [`barrier`]: N HTTP/1.1 connections, each with its whole request written
-//!   but the last byte; the last bytes are then sent together.
+//!   as the HTTP listener serves it). Every request, body included, is
+//!   queued before the connection is driven at all, so they leave in one
+//!   burst of writes and none of them can have been answered before the last
+//!   is sent.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Barrier;
 
-use super::http::{parse, Response};
+use super::http::{self, Request, Response};
+
+/// What one request of a burst got, and when.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub response: Response,
+    /// From the release to the end of the response.
+    pub took: Duration,
+}
+
+/// A burst whose requests have been released; `answers` waits for them.
+pub struct Burst {
+    released: Instant,
+    tasks: Vec<tokio::task::JoinHandle<Answer>>,
+}
+
+impl Burst {
+    pub fn released_at(&self) -> Instant {
+        self.released
+    }
+
+    /// Whether every request has its answer.
+    pub fn is_done(&self) -> bool {
+        self.tasks.iter().all(|t| t.is_finished())
+    }
+
+    /// The answers, in the order of the requests.
+    pub async fn answers(self) -> Vec<Answer> {
+        let mut out = Vec::with_capacity(self.tasks.len());
+        for t in self.tasks {
+            out.push(t.await.expect("a burst request panicked"));
+        }
+        out
+    }
+}
+
+/// Opens a connection per request, writes all but the last byte of each, and
+/// releases the last bytes together. Returns once they are released. Every
+/// response must end within `limit` after the release (a hang fails the test).
+pub async fn release(requests: Vec<Request>, limit: Duration) -> Burst {
+    let n = requests.len();
+    // The n request tasks and this one.
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let mut tasks = Vec::with_capacity(n);
+    for req in requests {
+        let barrier = barrier.clone();
+        let addr = req.addr().to_owned();
+        let head_only = req.is_head();
+        let bytes = req.encode();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(&addr)
+                .await
+                .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+            let _ = stream.set_nodelay(true);
+            let (last, prefix) = bytes.split_last().expect("an empty request");
+            stream.write_all(prefix).await.expect("write request");
+            stream.flush().await.expect("flush request");
+            barrier.wait().await;
+            let released = Instant::now();
+            stream.write_all(&[*last]).await.expect("write last byte");
+            let mut raw = Vec::new();
+            tokio::time::timeout(limit, stream.read_to_end(&mut raw))
+                .await
+                .unwrap_or_else(|_| panic!("no answer within {limit:?} of the release"))
+                .unwrap_or_else(|e| panic!("read response from {addr}: {e}"));
+            let response = http::parse(&raw, head_only).unwrap_or_else(|| {
+                panic!("malformed response: {:?}", String::from_utf8_lossy(&raw))
+            });
+            Answer {
+                response,
+                took: released.elapsed(),
+            }
+        }));
+    }
+    barrier.wait().await;
+    Burst {
+        released: Instant::now(),
+        tasks,
+    }
+}
 
 /// One request of a burst.
 #[derive(Clone, Debug)]
@@ -75,10 +158,10 @@ async fn h2_inner(addr: &str, reqs: &[Req]) -> Vec<Response> {
     // nothing can be answered) until every request is in the queue.
     let mut pending = Vec::with_capacity(reqs.len());
     for r in reqs {
-        let mut b = http::Request::builder()
+        let mut b = ::http::Request::builder()
             .method(r.method.as_str())
             .uri(format!("http://{addr}{}", r.path))
-            .version(http::Version::HTTP_2);
+            .version(::http::Version::HTTP_2);
         for (n, v) in &r.headers {
             b = b.header(n.as_str(), v.as_str());
         }
@@ -125,53 +208,6 @@ async fn h2_inner(addr: &str, reqs: &[Req]) -> Vec<Response> {
     }
     drop(client);
     driver.abort();
-    out
-}
-
-/// Sends each request on its own HTTP/1.1 connection; every connection has
-/// all but the last byte written before any last byte is sent.
-pub async fn barrier(addr: &str, reqs: &[Req]) -> Vec<Response> {
-    tokio::time::timeout(Duration::from_secs(60), barrier_inner(addr, reqs))
-        .await
-        .expect("burst timed out after 60 s")
-}
-
-async fn barrier_inner(addr: &str, reqs: &[Req]) -> Vec<Response> {
-    let gate = Arc::new(tokio::sync::Barrier::new(reqs.len()));
-    let tasks: Vec<_> = reqs
-        .iter()
-        .map(|r| {
-            let mut raw = format!("{} {} HTTP/1.1\r\nHost: {addr}\r\n", r.method, r.path);
-            for (n, v) in &r.headers {
-                raw.push_str(&format!("{n}: {v}\r\n"));
-            }
-            raw.push_str(&format!(
-                "Content-Length: {}\r\nConnection: close\r\n\r\n",
-                r.body.len()
-            ));
-            let mut raw = raw.into_bytes();
-            raw.extend_from_slice(&r.body);
-            let (addr, gate, head_only) = (addr.to_owned(), gate.clone(), r.method == "HEAD");
-            tokio::spawn(async move {
-                let mut s = TcpStream::connect(&addr).await.expect("connect");
-                s.set_nodelay(true).expect("nodelay");
-                let (last, rest) = raw.split_last().expect("a request has bytes");
-                s.write_all(rest).await.expect("write");
-                s.flush().await.expect("flush");
-                gate.wait().await;
-                s.write_all(&[*last]).await.expect("write the last byte");
-                let mut answer = Vec::new();
-                s.read_to_end(&mut answer).await.expect("read");
-                parse(&answer, head_only).unwrap_or_else(|| {
-                    panic!("malformed response: {:?}", String::from_utf8_lossy(&answer))
-                })
-            })
-        })
-        .collect();
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.expect("burst task"));
-    }
     out
 }
 

@@ -95,10 +95,17 @@ impl Request {
             .expect("HTTP request timed out after 15 s")
     }
 
-    async fn send_inner(self) -> Response {
-        let mut stream = TcpStream::connect(&self.addr)
-            .await
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.addr));
+    /// The address the request goes to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+
+    /// The request as it goes on the wire: head and body.
+    pub fn encode(&self) -> Vec<u8> {
         let mut head = format!("{} {} HTTP/1.1\r\n", self.method, self.target);
         for (name, value) in &self.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
@@ -108,11 +115,19 @@ impl Request {
         }
         // One request per connection: the response then ends where the stream does.
         head.push_str("Connection: close\r\n\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+
+    async fn send_inner(self) -> Response {
+        let mut stream = TcpStream::connect(&self.addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.addr));
         stream
-            .write_all(head.as_bytes())
+            .write_all(&self.encode())
             .await
             .expect("write request");
-        stream.write_all(&self.body).await.expect("write body");
         let mut raw = Vec::new();
         stream
             .read_to_end(&mut raw)
@@ -123,7 +138,7 @@ impl Request {
     }
 }
 
-/// A raw HTTP/1.1 response read to the end of its connection.
+/// A whole HTTP/1.1 response as read up to the end of the stream.
 pub fn parse(raw: &[u8], head_only: bool) -> Option<Response> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..end]).ok()?;
