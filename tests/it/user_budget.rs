@@ -202,7 +202,7 @@ fn explain(u: &UserStack, what: &str, answers: &[Response]) -> String {
 
 async fn parallel_guesses_are_bounded(store: Store, route: Route) {
     let u = stack(store, |c| {
-        c.set("security", "max_attempts", &MAX_ATTEMPTS.to_string())
+        c.set("security", "max_attempts", MAX_ATTEMPTS.to_string())
             .set_str("security", "lockout", &format!("{LOCKOUT_SECS}s"));
     })
     .await;
@@ -349,7 +349,7 @@ async fn parallel_wrong_recovery_codes_memory() {
 /// the counter, the lockout it would have started, and the series.
 async fn right_code_within_the_budget_clears_it(store: Store) {
     let u = stack(store, |c| {
-        c.set("security", "max_attempts", &MAX_ATTEMPTS.to_string())
+        c.set("security", "max_attempts", MAX_ATTEMPTS.to_string())
             .set_str("security", "lockout", "2s");
     })
     .await;
@@ -429,7 +429,7 @@ async fn consecutive_cap_is_exact_under_a_parallel_burst() {
         c.set("security", "max_attempts", "100").set(
             "security",
             "max_consecutive_failures",
-            &CAP.to_string(),
+            CAP.to_string(),
         );
     })
     .await;
