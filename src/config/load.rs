@@ -712,6 +712,13 @@ mod tests {
         env.push(("TWOFA_SECURITY__OTP_TTL".into(), "soon".into()));
         assert_eq!(load(None, env, false).unwrap_err().key, "security.otp_ttl");
 
+        let mut env = base_env();
+        env.push(("TWOFA_SECURITY__SENSITIVE_MAX_AGE".into(), "0s".into()));
+        assert_eq!(
+            load(None, env, false).unwrap_err().key,
+            "security.sensitive_max_age"
+        );
+
         let env = vec![
             (
                 "TWOFA_KEYCLOAK__URL".to_string(),
