@@ -385,6 +385,7 @@ mod tests {
             email_verified: true,
             given_name: None,
             family_name: None,
+            locale: None,
             groups: "admin,user".into(),
             exp: 2_000_000_000,
             iat: None,

@@ -485,6 +485,26 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             ))
         }
     }
+    if let Some(n) = &e.product_name {
+        if n.chars().count() > 100 || n.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                "email.product_name",
+                "at most 100 characters, on one line",
+            ));
+        }
+    }
+    for (key, u) in [
+        ("email.product_url", &e.product_url),
+        ("email.support_url", &e.support_url),
+    ] {
+        if let Some(u) = u.as_deref().filter(|u| !u.is_empty()) {
+            check_http_url(key, u)?;
+        }
+    }
+    // Compiles every template and renders it with sample data in every
+    // locale, so that `check-config` and `serve` refuse a broken one (exit
+    // 2) naming its file.
+    crate::delivery::Messages::from_config(c)?;
     let sms = &c.sms;
     match sms.provider.as_str() {
         "log" => {}
@@ -744,6 +764,52 @@ mod tests {
         let mut env = base_env();
         env.push(("TWOFA_KEYCLOAK__URL_FILE".into(), "/etc/hosts".into()));
         assert_eq!(load(None, env, false).unwrap_err().key, "keycloak.url_file");
+    }
+
+    #[test]
+    fn message_keys_are_checked() {
+        let c = load(None, base_env(), false).unwrap();
+        assert_eq!(c.email.default_locale, "en");
+        assert!(c.email.templates_dir.is_none() && c.email.product_name.is_none());
+        for (var, value, key) in [
+            (
+                "TWOFA_EMAIL__PRODUCT_URL",
+                "javascript:alert(1)",
+                "email.product_url",
+            ),
+            (
+                "TWOFA_EMAIL__SUPPORT_URL",
+                "mailto:help@example.com",
+                "email.support_url",
+            ),
+            (
+                "TWOFA_EMAIL__PRODUCT_NAME",
+                "two\nlines",
+                "email.product_name",
+            ),
+            ("TWOFA_EMAIL__DEFAULT_LOCALE", "fr", "email.default_locale"),
+            (
+                "TWOFA_EMAIL__TEMPLATES_DIR",
+                "/nonexistent/templates",
+                "email.templates_dir",
+            ),
+        ] {
+            let mut env = base_env();
+            env.push((var.into(), value.into()));
+            assert_eq!(
+                load(None, env, false).unwrap_err().key,
+                key,
+                "{var}={value}"
+            );
+        }
+        let mut env = base_env();
+        env.push(("TWOFA_EMAIL__DEFAULT_LOCALE".into(), "de_DE".into()));
+        env.push((
+            "TWOFA_EMAIL__PRODUCT_URL".into(),
+            "https://example.com/".into(),
+        ));
+        let c = load(None, env, false).unwrap();
+        assert_eq!(c.email.default_locale, "de_DE");
     }
 
     #[test]

@@ -213,6 +213,16 @@ pub struct EmailConfig {
     pub smtp_url: Option<SecretUrl>,
     pub resend_api_key: Option<Secret>,
     pub resend_api_url: String,
+    // Beyond the contract (docs/messages.md): how messages look and read.
+    /// A directory whose templates (by file name) and `locales/<tag>.toml`
+    /// replace or extend the embedded ones.
+    pub templates_dir: Option<String>,
+    /// Language of readers whose token names none we have.
+    pub default_locale: String,
+    /// Product name in messages; default `totp.issuer`.
+    pub product_name: Option<String>,
+    pub product_url: Option<String>,
+    pub support_url: Option<String>,
 }
 
 impl Default for EmailConfig {
@@ -223,6 +233,11 @@ impl Default for EmailConfig {
             smtp_url: None,
             resend_api_key: None,
             resend_api_url: "https://api.resend.com".into(),
+            templates_dir: None,
+            default_locale: "en".into(),
+            product_name: None,
+            product_url: None,
+            support_url: None,
         }
     }
 }

@@ -1,14 +1,18 @@
 //! Delivery of one-time codes and change notices, one trait per channel:
 //! [`EmailSender`] (SMTP, Resend, log) and [`SmsSender`] (Twilio, webhook,
-//! log). Every send is bounded by [`SEND_TIMEOUT`]; a provider error or a
-//! timeout is a 502 `delivery_failed` for the caller, with the provider's
-//! reason in the log only. Nothing here ever logs a code, except the `log`
-//! provider in dev mode, whose whole point is to show it.
+//! log). Messages are rendered from templates in the reader's language
+//! ([`Messages`], docs/messages.md). Every send is bounded by
+//! [`SEND_TIMEOUT`]; a provider error, a timeout or a template that fails
+//! to render is a 502 `delivery_failed` for the caller, with the reason in
+//! the log only. Nothing here ever logs a code, except the `log` provider in
+//! dev mode, whose whole point is to show it.
 
+pub mod locales;
 mod log;
 pub mod message;
 mod resend;
 mod smtp;
+mod templates;
 mod twilio;
 mod webhook;
 
@@ -21,7 +25,9 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
 
+pub use locales::Locales;
 pub use message::{mask_email, mask_mobile, Email, Notice};
+pub use templates::{Messages, Product, RenderError};
 
 /// Longest a provider may take to accept one message.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,11 +51,13 @@ pub trait SmsSender: Send + Sync {
     async fn send(&self, to: &str, body: &str) -> Result<(), DeliveryError>;
 }
 
-/// Where a notice goes: any of a (verified) address and number.
+/// Where a notice goes: any of a (verified) address and number, and the
+/// reader's language (the token's `locale` claim; `None`: the default).
 #[derive(Debug, Clone, Default)]
 pub struct Recipients {
     pub email: Option<String>,
     pub mobile: Option<String>,
+    pub locale: Option<String>,
 }
 
 impl Recipients {
@@ -58,6 +66,7 @@ impl Recipients {
         Self {
             email: p.email.clone().filter(|_| p.email_verified),
             mobile: p.mobile.clone().filter(|_| p.mobile_verified),
+            locale: None,
         }
     }
 }
@@ -65,8 +74,7 @@ impl Recipients {
 pub struct Delivery {
     pub email: Arc<dyn EmailSender>,
     pub sms: Arc<dyn SmsSender>,
-    /// Product name in messages (`totp.issuer`).
-    product: String,
+    messages: Arc<Messages>,
     notify_changes: bool,
     metrics: Arc<Metrics>,
 }
@@ -140,10 +148,21 @@ impl Delivery {
                 ))
             }
         };
+        // Validated with the configuration (config::load); built again here
+        // so that the state owns its templates.
+        let (messages, report) = Messages::from_config(cfg).map_err(|e| e.to_string())?;
+        for (tag, missing) in &report.incomplete {
+            tracing::warn!(
+                locale = %tag,
+                missing = missing.len(),
+                first = %missing.first().map(String::as_str).unwrap_or_default(),
+                "locale file lacks strings; English is used for them"
+            );
+        }
         Ok(Self {
             email,
             sms,
-            product: cfg.totp.issuer.clone(),
+            messages: Arc::new(messages),
             notify_changes: cfg.security.notify_changes,
             metrics,
         })
@@ -153,36 +172,60 @@ impl Delivery {
     pub fn new(
         email: Arc<dyn EmailSender>,
         sms: Arc<dyn SmsSender>,
-        product: String,
+        messages: Arc<Messages>,
         notify_changes: bool,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             email,
             sms,
-            product,
+            messages,
             notify_changes,
             metrics,
         }
     }
 
-    /// Sends a one-time code by email; 502 `delivery_failed` on any failure.
+    /// The templates and product of every message.
+    pub fn messages(&self) -> &Messages {
+        &self.messages
+    }
+
+    /// Every locale (embedded and the operator's): the /ui/ page takes its
+    /// strings from here (`locales().ui_strings(..)`).
+    pub fn locales(&self) -> &Locales {
+        self.messages.locales()
+    }
+
+    /// Sends a one-time code by email in the reader's `locale` (the token's
+    /// `locale` claim); 502 `delivery_failed` on any failure.
     pub async fn send_email_code(
         &self,
         to: &str,
         code: &str,
         ttl: Duration,
         purpose: crate::factor::otp::Purpose,
+        locale: Option<&str>,
     ) -> Result<(), Error> {
-        let msg = message::code_email(&self.product, to, code, ttl, purpose);
-        let r = bounded(self.email.send(&msg)).await;
+        let r = match self.messages.code_email(locale, to, code, ttl, purpose) {
+            Ok(msg) => bounded(self.email.send(&msg)).await,
+            Err(e) => Err(rendering(e)),
+        };
         self.record("email", self.email.name(), r)
     }
 
-    /// Sends a one-time code by SMS; 502 `delivery_failed` on any failure.
-    pub async fn send_sms_code(&self, to: &str, code: &str, ttl: Duration) -> Result<(), Error> {
-        let body = message::code_sms(&self.product, code, ttl);
-        let r = bounded(self.sms.send(to, &body)).await;
+    /// Sends a one-time code by SMS in the reader's `locale`; 502
+    /// `delivery_failed` on any failure.
+    pub async fn send_sms_code(
+        &self,
+        to: &str,
+        code: &str,
+        ttl: Duration,
+        locale: Option<&str>,
+    ) -> Result<(), Error> {
+        let r = match self.messages.code_sms(locale, to, code, ttl) {
+            Ok(body) => bounded(self.sms.send(to, &body)).await,
+            Err(e) => Err(rendering(e)),
+        };
         self.record("sms", self.sms.name(), r)
     }
 
@@ -213,20 +256,33 @@ impl Delivery {
         }
         let this = self.clone();
         tokio::spawn(async move {
+            let locale = to.locale.as_deref();
             if let Some(addr) = &to.email {
-                let msg = message::notice_email(&this.product, addr, &notice);
-                if let Err(e) = bounded(this.email.send(&msg)).await {
+                let r = match this.messages.notice_email(locale, addr, &notice) {
+                    Ok(msg) => bounded(this.email.send(&msg)).await,
+                    Err(e) => Err(rendering(e)),
+                };
+                if let Err(e) = r {
                     tracing::warn!(provider = this.email.name(), error = %e, notice = notice.kind(), "change notice by email failed");
                 }
             }
             if let Some(num) = &to.mobile {
-                let body = message::notice_sms(&this.product, &notice);
-                if let Err(e) = bounded(this.sms.send(num, &body)).await {
+                let r = match this.messages.notice_sms(locale, num, &notice) {
+                    Ok(body) => bounded(this.sms.send(num, &body)).await,
+                    Err(e) => Err(rendering(e)),
+                };
+                if let Err(e) = r {
                     tracing::warn!(provider = this.sms.name(), error = %e, notice = notice.kind(), "change notice by SMS failed");
                 }
             }
         });
     }
+}
+
+/// A template that rendered with the sample data at start but not with
+/// this message's: reported like a provider failure.
+fn rendering(e: RenderError) -> DeliveryError {
+    DeliveryError(format!("rendering the message: {e}"))
 }
 
 async fn bounded(

@@ -164,10 +164,12 @@ fn verified_contact(p: &Profile, channel: Channel) -> Option<String> {
     }
 }
 
-fn recipients(p: &Profile) -> Recipients {
+/// Where factor notices go: the verified contacts, in the token's language.
+fn recipients(p: &Profile, id: &Identity) -> Recipients {
     Recipients {
         email: verified_contact(p, Channel::Email),
         mobile: verified_contact(p, Channel::Mobile),
+        locale: id.locale.clone(),
     }
 }
 
@@ -291,7 +293,10 @@ impl Factors {
             session: Some(session),
         };
         let issued = self.issue(id, &b).await?;
-        if let Err(e) = self.deliver(channel, &dest, &issued, Purpose::Login).await {
+        if let Err(e) = self
+            .deliver(id, channel, &dest, &issued, Purpose::Login)
+            .await
+        {
             otp::revoke(self.eph.as_ref(), &issued).await;
             return Err(e);
         }
@@ -432,7 +437,7 @@ impl Factors {
         let mut failed = false;
         for (channel, dest, i) in &issued {
             if self
-                .deliver(*channel, dest, i, Purpose::Contact)
+                .deliver(id, *channel, dest, i, Purpose::Contact)
                 .await
                 .is_err()
             {
@@ -567,7 +572,8 @@ impl Factors {
         self.mark_verified(id, Factor::Totp).await?;
         if codes.is_some() {
             tracing::info!("TOTP enrolled");
-            self.notify(id, recipients(&p), Notice::TotpEnrolled).await;
+            self.notify(id, recipients(&p, id), Notice::TotpEnrolled)
+                .await;
         }
         Ok(codes)
     }
@@ -607,7 +613,8 @@ impl Factors {
         }
         let _ = t::clear_pending(self.eph.as_ref(), &id.subject_key).await;
         tracing::info!("TOTP removed");
-        self.notify(id, recipients(&p), Notice::TotpRemoved).await;
+        self.notify(id, recipients(&p, id), Notice::TotpRemoved)
+            .await;
         Ok(())
     }
 
@@ -647,7 +654,7 @@ impl Factors {
         let n = self.s.security.recovery_code_count as usize;
         let codes = recovery::issue(self.profiles.as_ref(), &self.hashing, &id.sub, n).await?;
         tracing::info!("recovery codes regenerated");
-        self.notify(id, recipients(&p), Notice::RecoveryCodesRegenerated)
+        self.notify(id, recipients(&p, id), Notice::RecoveryCodesRegenerated)
             .await;
         Ok(codes)
     }
@@ -933,19 +940,26 @@ impl Factors {
 
     async fn deliver(
         &self,
+        id: &Identity,
         channel: Channel,
         dest: &str,
         issued: &Issued,
         purpose: Purpose,
     ) -> Result<(), Error> {
         let ttl = self.s.security.otp_ttl.get();
+        // In the reader's language: the token's `locale` claim.
+        let locale = id.locale.as_deref();
         match channel {
             Channel::Email => {
                 self.delivery
-                    .send_email_code(dest, &issued.code, ttl, purpose)
+                    .send_email_code(dest, &issued.code, ttl, purpose, locale)
                     .await
             }
-            Channel::Mobile => self.delivery.send_sms_code(dest, &issued.code, ttl).await,
+            Channel::Mobile => {
+                self.delivery
+                    .send_sms_code(dest, &issued.code, ttl, locale)
+                    .await
+            }
         }
     }
 
@@ -965,7 +979,10 @@ impl Factors {
         // Read again: the profile may have changed (another channel's PATCH)
         // while the code was checked and Keycloak was written.
         let mut p = self.profile(id).await?;
-        let mut notice_to = Recipients::default();
+        let mut notice_to = Recipients {
+            locale: id.locale.clone(),
+            ..Recipients::default()
+        };
         let notice = match channel {
             Channel::Email => {
                 notice_to.email =
@@ -1011,7 +1028,10 @@ impl Factors {
         }
         let interval = self.s.security.otp_resend_interval.get();
         let kind = notice.kind();
-        let mut allowed = Recipients::default();
+        let mut allowed = Recipients {
+            locale: to.locale.clone(),
+            ..Recipients::default()
+        };
         for (channel, contact, slot) in [
             ("email", to.email, &mut allowed.email),
             ("mobile", to.mobile, &mut allowed.mobile),

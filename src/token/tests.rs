@@ -377,3 +377,29 @@ async fn missing_sid_and_oversized_tokens() {
     );
     assert_eq!(reason(&f, &long_sub).await, "claim too long");
 }
+
+#[tokio::test]
+async fn the_locale_claim_is_read_and_a_strange_one_is_ignored() {
+    let f = fixture(&[], &[]);
+    for (value, want) in [
+        (json!("de-DE"), Some("de-DE")),
+        (json!("pt_BR"), Some("pt_BR")),
+        (json!(42), None),
+        (json!(["de"]), None),
+        (json!("<script>"), None),
+        (json!("d".repeat(100)), None),
+        (Value::Null, None),
+    ] {
+        let c = with(|m| {
+            m.insert("locale".into(), value.clone());
+        });
+        let id = f.v.validate(&sign(&f.sig, "sig-1", &c)).await;
+        let id = id.unwrap_or_else(|_| panic!("locale {value} must not make the token invalid"));
+        assert_eq!(id.locale.as_deref(), want, "{value}");
+    }
+    let id =
+        f.v.validate(&sign(&f.sig, "sig-1", &claims()))
+            .await
+            .expect("valid");
+    assert_eq!(id.locale, None);
+}

@@ -39,6 +39,9 @@ pub struct Identity {
     pub email_verified: bool,
     pub given_name: Option<String>,
     pub family_name: Option<String>,
+    /// The user's language (Keycloak's `locale` claim, e.g. `de`, `de-DE`),
+    /// for the messages sent to them; None when absent or implausible.
+    pub locale: Option<String>,
     /// `realm_access.roles`, comma-joined for the groups header.
     pub groups: String,
     pub exp: i64,
@@ -68,7 +71,24 @@ struct Claims {
     email_verified: Option<bool>,
     given_name: Option<String>,
     family_name: Option<String>,
+    /// Not a string in some setups (a mapper gone wrong): ignored then,
+    /// never a reason to refuse the token.
+    #[serde(default, deserialize_with = "lenient_locale")]
+    locale: Option<String>,
     realm_access: Option<RealmAccess>,
+}
+
+/// A language tag is short and made of letters, digits, `-` and `_`;
+/// anything else (or a non-string) is dropped.
+fn lenient_locale<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(v.as_str()
+        .filter(|s| {
+            (2..=35).contains(&s.len())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        .map(str::to_owned))
 }
 
 #[derive(Deserialize, Clone)]
@@ -263,6 +283,7 @@ impl Validator {
             email_verified: c.email_verified.unwrap_or(false),
             given_name: c.given_name,
             family_name: c.family_name,
+            locale: c.locale,
             groups,
             exp,
             iat: c.iat,

@@ -33,6 +33,7 @@ mod forward_auth;
 mod harness;
 mod keys;
 mod logout;
+mod messages;
 mod methods_hint;
 mod otp_rotation;
 mod recovery_burst;
