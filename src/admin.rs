@@ -14,9 +14,16 @@ pub async fn migrate(cfg: Config, reencrypt: bool) -> i32 {
             return crate::cli::EXIT_CONFIG;
         }
     };
-    if let Err(e) = profiles.migrate().await {
-        eprintln!("twofa-authz: migration failed: {e}");
-        return crate::cli::EXIT_RUNTIME;
+    match profiles.migrate().await {
+        Ok(()) => {}
+        Err(store::StoreError::Incompatible(why)) => {
+            eprintln!("twofa-authz: refusing to migrate: {why}");
+            return crate::cli::EXIT_RUNTIME;
+        }
+        Err(e) => {
+            eprintln!("twofa-authz: migration failed: {e}");
+            return crate::cli::EXIT_RUNTIME;
+        }
     }
     println!(
         "database {} is at schema version {}",

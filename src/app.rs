@@ -22,7 +22,7 @@ use crate::factor::service::{Directory, Ports, Settings};
 use crate::factor::Factors;
 use crate::keycloak::AdminClient;
 use crate::metrics::Metrics;
-use crate::store::{self, EphemeralStore, ProfileStore, SessionStore};
+use crate::store::{self, EphemeralStore, ProfileStore, SessionStore, StoreError};
 use crate::token::{parse_algorithms, DevIssuer, Jwks, Validator};
 
 /// In-flight requests get this long to finish after a shutdown signal.
@@ -54,26 +54,31 @@ pub struct AppState {
     pub hashing: Arc<HashPool>,
 }
 
+/// What `/readyz` and gRPC health report (INTERFACE.md section 5): each
+/// dependency is `"ok"` or `"down"`, the database also `"incompatible"` (a
+/// schema this binary does not know, a certificate that fails verification).
+/// Decisions need only the session store and the signing keys; without the
+/// database the `/user` API is degraded, decisions are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Readiness {
     pub database: &'static str,
     pub session_store: &'static str,
     pub signing_keys: &'static str,
 }
 
+/// A readiness probe answers within this however a dependency hangs (the
+/// manifests give the kubelet's probe 2 s).
+const READINESS_CHECK_TIMEOUT: Duration = Duration::from_millis(1000);
+
 impl Readiness {
+    /// 200 from `/readyz`, SERVING from gRPC health: Check decisions can be
+    /// made.
     pub fn ready(&self) -> bool {
-        self.failing().is_empty()
+        self.not_ready().is_empty()
     }
-    /// Whether Check decisions can be made: the session store and the
-    /// signing keys, never the database (the Check path does not use it).
-    pub fn can_decide(&self) -> bool {
-        self.session_store == "ok" && self.signing_keys == "ok"
-    }
-    pub fn failing(&self) -> Vec<&'static str> {
+    /// What keeps decisions from being made.
+    pub fn not_ready(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        if self.database == "unavailable" {
-            v.push("database");
-        }
         if self.session_store != "ok" {
             v.push("session_store");
         }
@@ -81,6 +86,32 @@ impl Readiness {
             v.push("signing_keys");
         }
         v
+    }
+    /// What is down without stopping decisions.
+    pub fn degraded(&self) -> Vec<&'static str> {
+        if self.database == "ok" {
+            vec![]
+        } else {
+            vec!["database"]
+        }
+    }
+    /// `ok`, `degraded` (ready, the `/user` API is not) or `unavailable`.
+    pub fn status(&self) -> &'static str {
+        if !self.ready() {
+            "unavailable"
+        } else if self.degraded().is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        }
+    }
+}
+
+fn state_of(r: Result<Result<(), StoreError>, tokio::time::error::Elapsed>) -> &'static str {
+    match r {
+        Ok(Ok(())) => "ok",
+        Ok(Err(StoreError::Incompatible(_))) => "incompatible",
+        Ok(Err(_)) | Err(_) => "down",
     }
 }
 
@@ -194,21 +225,32 @@ impl AppState {
         }))
     }
 
+    /// Every dependency, checked at once, each bounded.
     pub async fn readiness(&self) -> Readiness {
+        let t = READINESS_CHECK_TIMEOUT;
+        let (database, session_store) = tokio::join!(
+            tokio::time::timeout(t, self.profiles.ping()),
+            tokio::time::timeout(t, self.sessions.ping()),
+        );
         Readiness {
-            database: match self.profiles.ping().await {
-                Ok(()) => "ok",
-                Err(_) => "unavailable",
-            },
-            session_store: match self.sessions.ping().await {
-                Ok(()) => "ok",
-                Err(_) => "unavailable",
-            },
-            signing_keys: if self.authz.validator().jwks().is_loaded() {
-                "ok"
-            } else {
-                "unavailable"
-            },
+            database: state_of(database),
+            session_store: state_of(session_store),
+            signing_keys: self.signing_keys_state(),
+        }
+    }
+
+    /// Whether Check decisions can be made; the database is not asked (the
+    /// Check path never uses it).
+    pub async fn can_decide(&self) -> bool {
+        let store = tokio::time::timeout(READINESS_CHECK_TIMEOUT, self.sessions.ping()).await;
+        state_of(store) == "ok" && self.signing_keys_state() == "ok"
+    }
+
+    fn signing_keys_state(&self) -> &'static str {
+        if self.authz.validator().jwks().is_loaded() {
+            "ok"
+        } else {
+            "down"
         }
     }
 }
@@ -223,9 +265,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
     state.authz.validator().jwks().spawn_refresher(rx.clone());
-    if state.cfg.storage.auto_migrate {
-        migrate_at_start(state.clone(), rx.clone()).await;
-    }
+    prepare_database(state.clone(), rx.clone()).await?;
 
     let (reporter, health) = tonic_health::server::health_reporter();
     spawn_health_monitor(state.clone(), reporter, rx.clone());
@@ -276,14 +316,36 @@ pub async fn run(
     }
 }
 
-/// `storage.auto_migrate`: one attempt before serving; if the database is
-/// not reachable yet, serving starts anyway (the Check path never needs the
-/// database) and migration is retried in the background until it succeeds.
-async fn migrate_at_start(state: Arc<AppState>, mut rx: watch::Receiver<bool>) {
-    match state.profiles.migrate().await {
-        Ok(()) => return,
-        Err(e) => {
+/// Before serving: one attempt to migrate (`storage.auto_migrate`) or to
+/// check the schema. A database this binary cannot use (migrations it does
+/// not know or with other checksums, a TLS certificate that does not
+/// verify) stops the start with that reason. A database that cannot be
+/// reached does not: serving starts anyway (the Check path never needs the
+/// database), `/user` answers 503 until it is back, and migration is
+/// retried in the background.
+async fn prepare_database(
+    state: Arc<AppState>,
+    mut rx: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let auto = state.cfg.storage.auto_migrate;
+    let first = if auto {
+        state.profiles.migrate().await
+    } else {
+        state.profiles.check_schema().await
+    };
+    match first {
+        Ok(()) => return Ok(()),
+        Err(StoreError::Incompatible(why)) => {
+            return Err(anyhow::anyhow!("refusing to start: {why}"));
+        }
+        Err(e) if auto => {
             tracing::warn!(error = %e, "database migration failed; retrying in the background")
+        }
+        Err(e) => {
+            // Pending migrations are left to `twofa-authz migrate`; every
+            // store call checks the schema again until they are applied.
+            tracing::warn!(error = %e, "the database cannot be used yet; /user answers 503 until it can");
+            return Ok(());
         }
     }
     tokio::spawn(async move {
@@ -298,11 +360,18 @@ async fn migrate_at_start(state: Arc<AppState>, mut rx: watch::Receiver<bool>) {
                     tracing::info!("database migrations applied");
                     return;
                 }
+                Err(StoreError::Incompatible(why)) => {
+                    // Decisions go on; /user fails closed and /readyz shows
+                    // the database as incompatible.
+                    tracing::error!(error = %why, "the database cannot be used by this binary; not retrying");
+                    return;
+                }
                 Err(e) => tracing::warn!(error = %e, "database migration failed; retrying"),
             }
             wait = (wait * 2).min(Duration::from_secs(30));
         }
     });
+    Ok(())
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -326,7 +395,7 @@ fn spawn_health_monitor(
         loop {
             // The gRPC health of the Check service follows what Check needs:
             // a database outage must not make Envoy stop asking us.
-            let ready = state.readiness().await.can_decide();
+            let ready = state.can_decide().await;
             if last != Some(ready) {
                 let status = if ready {
                     ServingStatus::Serving
@@ -337,8 +406,10 @@ fn spawn_health_monitor(
                 reporter.set_service_status(service, status).await;
                 last = Some(ready);
             }
+            // A Redis PING a second: gRPC health and /readyz agree within
+            // about a second.
             let wait = if ready {
-                Duration::from_secs(5)
+                Duration::from_secs(1)
             } else {
                 Duration::from_millis(250)
             };
@@ -348,4 +419,43 @@ fn spawn_health_monitor(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Readiness;
+
+    fn r(
+        database: &'static str,
+        session_store: &'static str,
+        signing_keys: &'static str,
+    ) -> Readiness {
+        Readiness {
+            database,
+            session_store,
+            signing_keys,
+        }
+    }
+
+    #[test]
+    fn decisions_need_the_session_store_and_the_keys_not_the_database() {
+        let all = r("ok", "ok", "ok");
+        assert!(all.ready() && all.status() == "ok" && all.degraded().is_empty());
+        for db in ["down", "incompatible"] {
+            let d = r(db, "ok", "ok");
+            assert!(d.ready(), "{db}");
+            assert_eq!(d.status(), "degraded");
+            assert_eq!(d.degraded(), ["database"]);
+            assert!(d.not_ready().is_empty());
+        }
+        let s = r("ok", "down", "ok");
+        assert!(!s.ready());
+        assert_eq!(
+            (s.status(), s.not_ready()),
+            ("unavailable", vec!["session_store"])
+        );
+        let k = r("down", "ok", "down");
+        assert_eq!(k.not_ready(), ["signing_keys"]);
+        assert_eq!(k.status(), "unavailable");
+    }
 }

@@ -213,7 +213,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<crate::store::StoreError> for Error {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
-            crate::store::StoreError::Unavailable(d) => Error::StorageUnavailable(d),
+            crate::store::StoreError::Unavailable(d)
+            | crate::store::StoreError::Incompatible(d) => Error::StorageUnavailable(d),
             crate::store::StoreError::Corrupt(d) => Error::Internal(d),
         }
     }

@@ -18,4 +18,5 @@ pub mod http;
 pub mod keycloak;
 pub mod metrics;
 pub mod store;
+pub mod tls;
 pub mod token;

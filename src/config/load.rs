@@ -45,6 +45,15 @@ const SECRET_KEYS: &[&str] = &[
     "sms.webhook_bearer_token",
 ];
 
+/// "storage.database_url: x" → "x": the key is named by the ConfigError.
+fn strip_key(message: &str) -> String {
+    message
+        .split_once(": ")
+        .filter(|(k, _)| k.starts_with("storage."))
+        .map(|(_, m)| m.to_string())
+        .unwrap_or_else(|| message.to_string())
+}
+
 /// Secrets files and config files are small; anything bigger is a mistake.
 const MAX_FILE: u64 = 1 << 20;
 
@@ -322,6 +331,27 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             "storage.database_url",
             "must be postgres://… or sqlite://PATH",
         ));
+    }
+    let is_pg = db.starts_with("postgres://") || db.starts_with("postgresql://");
+    if let Some(ca) = &st.database_ca_path {
+        if !is_pg {
+            return Err(ConfigError::new(
+                "storage.database_ca_path",
+                "applies to a postgres:// database_url only",
+            ));
+        }
+        crate::tls::read_ca_bundle(ca)
+            .map_err(|e| ConfigError::new("storage.database_ca_path", e))?;
+    }
+    if is_pg {
+        let (_, mode) = crate::store::pg_tls::split_sslmode(db)
+            .map_err(|e| ConfigError::new("storage.database_url", strip_key(&e)))?;
+        if mode == Some(crate::store::pg_tls::SslMode::Disable) && st.database_ca_path.is_some() {
+            return Err(ConfigError::new(
+                "storage.database_ca_path",
+                "is set, but sslmode=disable in storage.database_url turns TLS off; choose verify-full or remove the CA path",
+            ));
+        }
     }
     let r = st.redis_url.expose();
     if !(r.starts_with("redis://") || r.starts_with("rediss://") || r == "memory://") {
@@ -630,6 +660,47 @@ mod tests {
             ("TWOFA_KEYCLOAK__REALM".into(), "demo".into()),
             ("TWOFA_SECURITY__ENCRYPTION_KEYS".into(), KEY.into()),
         ]
+    }
+
+    #[test]
+    fn database_tls_settings_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            rcgen::generate_simple_self_signed(vec!["ca.test".into()])
+                .unwrap()
+                .cert
+                .pem(),
+        )
+        .unwrap();
+        let with = |url: &str, ca_path: Option<&std::path::Path>| {
+            let mut env = base_env();
+            env.push(("TWOFA_STORAGE__DATABASE_URL".into(), url.into()));
+            if let Some(p) = ca_path {
+                env.push((
+                    "TWOFA_STORAGE__DATABASE_CA_PATH".into(),
+                    p.display().to_string(),
+                ));
+            }
+            load(None, env, false)
+        };
+        let c = with("postgres://u:pw@db/x?sslmode=verify-full", Some(&ca)).unwrap();
+        assert_eq!(c.storage.database_ca_path.as_deref(), Some(ca.as_path()));
+        assert!(c.redacted_toml().contains("database_ca_path"));
+        assert!(with("postgres://u:pw@db/x", None).is_ok());
+
+        let e = with("postgres://u:pw@db/x?sslmode=disable", Some(&ca)).unwrap_err();
+        assert_eq!(e.key, "storage.database_ca_path");
+        assert!(e.message.contains("sslmode=disable"), "{e}");
+        let e = with("postgres://u:pw@db/x?sslmode=allow", None).unwrap_err();
+        assert_eq!(e.key, "storage.database_url");
+        assert!(e.message.starts_with("sslmode `allow`"), "{e}");
+        assert!(!e.message.contains("pw"), "{e}");
+        let e = with("sqlite://x.db", Some(&ca)).unwrap_err();
+        assert_eq!(e.key, "storage.database_ca_path");
+        let e = with("postgres://db/x", Some(&dir.path().join("absent.pem"))).unwrap_err();
+        assert_eq!(e.key, "storage.database_ca_path");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod load;
 mod secret;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -123,6 +124,10 @@ impl KeycloakConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     pub database_url: SecretUrl,
+    /// PEM CA bundle that verifies PostgreSQL's certificate; unset: the
+    /// system roots. Read as it is (a public file, not a `_file` secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_ca_path: Option<PathBuf>,
     pub redis_url: SecretUrl,
     pub pool_size: u32,
     pub key_prefix: String,
@@ -133,6 +138,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             database_url: SecretUrl::new("sqlite://twofa.db"),
+            database_ca_path: None,
             redis_url: SecretUrl::new("memory://"),
             pool_size: 16,
             key_prefix: "twofa:".into(),
@@ -348,8 +354,24 @@ impl Default for LogConfig {
 }
 
 impl Config {
-    /// The effective configuration as TOML, every secret redacted.
+    /// The effective configuration as TOML, every secret redacted, and,
+    /// as comments, what the TLS settings of the database connection mean.
     pub fn redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut out =
+            toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        let st = &self.storage;
+        let url = st.database_url.expose();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let ca = st.database_ca_path.as_deref();
+            out.push_str("\n# PostgreSQL TLS (storage.database_url, storage.database_ca_path):\n");
+            if ca.is_none() {
+                out.push_str("# storage.database_ca_path is unset: certificates are checked against the system roots\n");
+            }
+            match crate::store::pg_tls::PgTarget::new(url, ca) {
+                Ok(t) => out.push_str(&format!("# {}\n", t.describe(ca))),
+                Err(e) => out.push_str(&format!("# {e}\n")),
+            }
+        }
+        out
     }
 }

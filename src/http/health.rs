@@ -14,8 +14,10 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// 200 when the database, the session store and the signing keys are
-/// usable; else 503 naming what is not.
+/// 200 while Check decisions can be made (session store and signing keys
+/// usable), whatever the database's state; else 503. The body names every
+/// dependency and its state, e.g.
+/// `{"status":"degraded","ready":true,"checks":{"database":"down",…},"not_ready":[],"degraded":["database"]}`.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let report = state.readiness().await;
     let status = if report.ready() {
@@ -26,13 +28,15 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     (
         status,
         Json(json!({
+            "status": report.status(),
             "ready": report.ready(),
             "checks": {
                 "database": report.database,
                 "session_store": report.session_store,
                 "signing_keys": report.signing_keys,
             },
-            "not_ready": report.failing(),
+            "not_ready": report.not_ready(),
+            "degraded": report.degraded(),
         })),
     )
         .into_response()

@@ -15,6 +15,7 @@ mod hot;
 pub mod keys;
 pub mod memory;
 pub mod migrations;
+pub mod pg_tls;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;
@@ -63,6 +64,12 @@ pub enum StoreError {
     Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The backend answered, but this build cannot use it as configured: a
+    /// schema it was not written for, a TLS certificate that fails
+    /// verification. Waiting does not help; callers fail closed, and at
+    /// start the process refuses to run.
+    #[error("store cannot be used: {0}")]
+    Incompatible(String),
 }
 
 /// The names of one Keycloak session: hashes of (iss, sub, sid), of
@@ -147,6 +154,7 @@ pub fn profile_store(cfg: &StorageConfig) -> Result<Arc<dyn ProfileStore>, Strin
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PostgresProfileStore::new(
             url,
+            cfg.database_ca_path.as_deref(),
             cfg.pool_size,
         )?))
     } else {
@@ -274,8 +282,17 @@ pub struct ResetReport {
 /// guarantee it with a transaction or a single conditional statement.
 #[async_trait]
 pub trait ProfileStore: Send + Sync {
-    /// Applies pending versioned migrations; idempotent.
+    /// Applies pending versioned migrations and records a checksum for
+    /// every applied migration that has none; idempotent. `Incompatible`
+    /// when the database recorded migrations this binary does not know or
+    /// with other checksums (nothing is changed then).
     async fn migrate(&self) -> Result<(), StoreError>;
+    /// Checks, without changing anything, that the database's schema is
+    /// this binary's: `Incompatible` as for `migrate`, `Unavailable` while
+    /// migrations are pending. Every other method runs this check first
+    /// until it has passed once, so no data is read or written through a
+    /// schema the code was not written for.
+    async fn check_schema(&self) -> Result<(), StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Inserts; false (and no change) when a profile for the subject exists.

@@ -2,62 +2,127 @@
 //! for production and several instances sharing one database.
 //!
 //! The pool does not connect at start, so the service starts (and reports
-//! the database not ready) while PostgreSQL is down, and recovers by itself.
-//! Every call is bounded: a dead database turns into a prompt 503.
-//! Connections are plain TCP (`NoTls`); use a Unix socket, a loopback
-//! sidecar or a network policy to protect the link (see docs/).
+//! the database down) while PostgreSQL is away, and recovers by itself.
+//! Every call is bounded: a dead database turns into a prompt 503. Each
+//! connection is tested on checkout, so the first call after PostgreSQL
+//! restarts (or a proxy cuts the connections) gets a fresh connection
+//! instead of a dead one; TCP keepalives and a user timeout close
+//! connections whose peer vanished without a reset.
+//!
+//! TLS follows `sslmode` in the URL and `storage.database_ca_path`
+//! (store/pg_tls.rs). A connection whose TLS handshake fails is
+//! `StoreError::Incompatible`: a configuration problem, not an outage.
 
 use std::future::Future;
-use std::str::FromStr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::{NoTls, Row};
+use parking_lot::Mutex;
+use tokio_postgres::{GenericClient, Row};
 
-use super::migrations::POSTGRES;
+use super::migrations::{self, Applied, POSTGRES};
+use super::pg_tls::{error_chain, is_tls_failure, MakeRustlsConnect, PgTarget};
 use super::{Profile, ProfileStore, ResetReport, StoreError, TotpRecord};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unacknowledged data older than this closes the connection (Linux
+/// TCP_USER_TIMEOUT), and idle connections are probed this often: a peer
+/// that vanished without a reset is noticed within seconds, not hours.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// Migrations take a transaction-scoped advisory lock on this key so that
 /// instances starting together apply each migration once.
 const MIGRATION_LOCK: i64 = 0x7477_6f66_615f_6d67; // "twofa_mg"
 
-type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+type Pool = bb8::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 
 pub struct PostgresProfileStore {
     pool: Pool,
+    target: PgTarget,
+    /// What the pool's background connects last failed with: `get()` itself
+    /// only reports a timeout.
+    last_connect_error: LastError,
+    /// The schema was found to be this binary's (see `check_schema`).
+    schema_ok: AtomicBool,
+}
+
+/// Collects the connection errors of the pool (bb8 hands them to a sink and
+/// lets `get()` time out): (a TLS failure?, the message).
+#[derive(Debug, Clone, Default)]
+struct LastError(Arc<Mutex<Option<(bool, String)>>>);
+
+impl bb8::ErrorSink<tokio_postgres::Error> for LastError {
+    fn sink(&self, e: tokio_postgres::Error) {
+        *self.0.lock() = Some((is_tls_failure(&e), error_chain(&e)));
+    }
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
+        Box::new(self.clone())
+    }
 }
 
 impl PostgresProfileStore {
-    pub fn new(url: &str, pool_size: u32) -> Result<Self, String> {
-        let mut cfg = tokio_postgres::Config::from_str(url)
-            .map_err(|e| format!("storage.database_url: {e}"))?;
-        cfg.connect_timeout(CONNECT_TIMEOUT);
+    pub fn new(url: &str, ca_path: Option<&Path>, pool_size: u32) -> Result<Self, String> {
+        let mut target = PgTarget::new(url, ca_path)?;
+        let cfg = &mut target.config;
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if cfg.get_tcp_user_timeout().is_none() {
+            cfg.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        if cfg.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            // tokio-postgres' default (2 h) is the kernel's; far too long.
+            cfg.keepalives_idle(KEEPALIVE_IDLE);
+            cfg.keepalives_interval(Duration::from_secs(10));
+            cfg.keepalives_retries(3);
+        }
         if cfg.get_application_name().is_none() {
             cfg.application_name("twofa-authz");
         }
-        let mgr = PostgresConnectionManager::new(cfg, NoTls);
+        tracing::info!(tls = %target.describe(ca_path), "PostgreSQL profile store");
+        let last_connect_error = LastError::default();
+        let mgr = PostgresConnectionManager::new(target.config.clone(), target.tls.clone());
         let pool = bb8::Pool::builder()
             .max_size(pool_size)
             .connection_timeout(CONNECT_TIMEOUT)
             .retry_connection(false)
+            // A connection PostgreSQL closed (restart, failover, an idle
+            // timeout of a proxy) is found and replaced at checkout, so the
+            // next call after a restart works instead of failing once per
+            // pooled connection.
+            .test_on_check_out(true)
+            .error_sink(Box::new(last_connect_error.clone()))
             .build_unchecked(mgr);
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            target,
+            last_connect_error,
+            schema_ok: AtomicBool::new(false),
+        })
     }
 
-    /// Runs `f` on a pooled connection, bounded by the operation timeout.
+    /// Runs `f` on a pooled connection, bounded by the operation timeout,
+    /// once the schema has been found to be this binary's.
     async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         F: for<'c> FnOnce(&'c mut tokio_postgres::Client) -> BoxFut<'c, T>,
     {
+        self.ensure_schema().await?;
+        self.with_unchecked(f).await
+    }
+
+    async fn with_unchecked<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: for<'c> FnOnce(&'c mut tokio_postgres::Client) -> BoxFut<'c, T>,
+    {
         let fut = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("postgres: {e}")))?;
+            let mut conn = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+            self.last_connect_error.0.lock().take();
             f(&mut conn).await.map_err(map_err)
         };
         match tokio::time::timeout(OP_TIMEOUT, fut).await {
@@ -65,17 +130,182 @@ impl PostgresProfileStore {
             Err(_) => Err(StoreError::Unavailable("postgres: timed out".into())),
         }
     }
+
+    fn pool_error(&self, e: bb8::RunError<tokio_postgres::Error>) -> StoreError {
+        match e {
+            bb8::RunError::User(e) => self.connect_error(&e),
+            bb8::RunError::TimedOut => match self.last_connect_error.0.lock().clone() {
+                Some((true, why)) => self.tls_error(&why),
+                Some((false, why)) => StoreError::Unavailable(format!(
+                    "postgres: no connection within {}s: {why}",
+                    CONNECT_TIMEOUT.as_secs()
+                )),
+                None => StoreError::Unavailable(format!(
+                    "postgres: no connection within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )),
+            },
+        }
+    }
+
+    fn connect_error(&self, e: &tokio_postgres::Error) -> StoreError {
+        if is_tls_failure(e) {
+            self.tls_error(&error_chain(e))
+        } else {
+            store_error(e)
+        }
+    }
+
+    fn tls_error(&self, why: &str) -> StoreError {
+        StoreError::Incompatible(format!(
+            "postgres: {why} (sslmode={}; see storage.database_ca_path)",
+            self.target.mode.as_str()
+        ))
+    }
+
+    /// A connection of its own, outside the pool, for migrations and the
+    /// start-up check: its errors reach the caller as they are.
+    async fn connect_direct(&self) -> Result<tokio_postgres::Client, StoreError> {
+        let fut = self.target.config.connect(self.target.tls.clone());
+        match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), fut).await {
+            Ok(Ok((client, conn))) => {
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(client)
+            }
+            Ok(Err(e)) => Err(self.connect_error(&e)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "postgres: no connection within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// The schema gate of every method: passes once `check_schema` (or a
+    /// migration) did. Until then each call checks for itself, unlocked: a
+    /// queue behind one check would make every caller wait for the ones
+    /// before it while the database is away.
+    async fn ensure_schema(&self) -> Result<(), StoreError> {
+        if self.schema_ok.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let applied = self
+            .with_unchecked(|c| Box::pin(async move { read_applied(&*c).await }))
+            .await?;
+        verify(&applied)?;
+        self.schema_ok.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// The rows of `schema_migrations`, empty when the table does not exist;
+/// `checksum` None for a table from before checksums.
+async fn read_applied(c: &impl GenericClient) -> Result<Vec<Applied>, tokio_postgres::Error> {
+    let row = c
+        .query_one(
+            "SELECT to_regclass('schema_migrations') IS NOT NULL, EXISTS (
+                 SELECT 1 FROM information_schema.columns
+                 WHERE table_schema = current_schema()
+                   AND table_name = 'schema_migrations' AND column_name = 'checksum')",
+            &[],
+        )
+        .await?;
+    let (exists, has_checksum): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
+    if !exists {
+        return Ok(vec![]);
+    }
+    let sql = if has_checksum {
+        "SELECT version, name, checksum FROM schema_migrations ORDER BY version"
+    } else {
+        "SELECT version, name, NULL::text FROM schema_migrations ORDER BY version"
+    };
+    c.query(sql, &[])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Applied {
+                version: r.try_get(0)?,
+                name: r.try_get(1)?,
+                checksum: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+/// Under the advisory lock: records the table (and its checksum column, for
+/// databases from before checksums), refuses a schema this binary does not
+/// know, fills in missing checksums and applies what is pending.
+async fn migrate_in(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(map_err)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version    BIGINT PRIMARY KEY,
+            name       TEXT NOT NULL,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum TEXT",
+    )
+    .await
+    .map_err(map_err)?;
+    let applied = read_applied(tx).await.map_err(map_err)?;
+    let plan = migrations::plan(POSTGRES, &applied)
+        .map_err(|e| StoreError::Incompatible(format!("postgres schema: {e}")))?;
+    for m in &plan.backfill {
+        tx.execute(
+            "UPDATE schema_migrations SET checksum = $2 WHERE version = $1 AND checksum IS NULL",
+            &[&m.version, &m.checksum()],
+        )
+        .await
+        .map_err(map_err)?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "recorded the checksum of an earlier database migration"
+        );
+    }
+    for m in &plan.pending {
+        tx.batch_execute(m.sql).await.map_err(map_err)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &m.checksum()],
+        )
+        .await
+        .map_err(map_err)?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied database migration"
+        );
+    }
+    Ok(())
+}
+
+/// `check_schema`'s verdict on the recorded migrations.
+fn verify(applied: &[Applied]) -> Result<(), StoreError> {
+    let plan = migrations::plan(POSTGRES, applied)
+        .map_err(|e| StoreError::Incompatible(format!("postgres schema: {e}")))?;
+    match plan.pending_message(applied, POSTGRES) {
+        Some(m) => Err(StoreError::Unavailable(format!("postgres schema: {m}"))),
+        None => Ok(()),
+    }
 }
 
 type BoxFut<'c, T> =
     std::pin::Pin<Box<dyn Future<Output = Result<T, tokio_postgres::Error>> + Send + 'c>>;
 
 fn map_err(e: tokio_postgres::Error) -> StoreError {
+    store_error(&e)
+}
+
+fn store_error(e: &tokio_postgres::Error) -> StoreError {
     // A type mismatch reading a row is our data, not the server being away.
     if e.to_string().contains("error deserializing column") {
-        StoreError::Corrupt(format!("postgres: {e}"))
+        StoreError::Corrupt(format!("postgres: {}", error_chain(e)))
     } else {
-        StoreError::Unavailable(format!("postgres: {e}"))
+        StoreError::Unavailable(format!("postgres: {}", error_chain(e)))
     }
 }
 
@@ -133,43 +363,37 @@ fn count_u32(n: u64) -> u32 {
 #[async_trait]
 impl ProfileStore for PostgresProfileStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        self.with(|c| {
-            Box::pin(async move {
-                let tx = c.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-                    .await?;
-                tx.batch_execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (
-                        version    BIGINT PRIMARY KEY,
-                        name       TEXT NOT NULL,
-                        applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-                    )",
-                )
-                .await?;
-                let current: i64 = tx
-                    .query_one(
-                        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-                        &[],
-                    )
-                    .await?
-                    .try_get(0)?;
-                for m in POSTGRES.iter().filter(|m| m.version > current) {
-                    tx.batch_execute(m.sql).await?;
-                    tx.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                        &[&m.version, &m.name],
-                    )
-                    .await?;
-                    tracing::info!(
-                        version = m.version,
-                        name = m.name,
-                        "applied database migration"
-                    );
-                }
-                tx.commit().await
-            })
-        })
-        .await
+        let mut client = self.connect_direct().await?;
+        let fut = async {
+            let tx = client.transaction().await.map_err(map_err)?;
+            let result = migrate_in(&tx).await;
+            match result {
+                Ok(()) => tx.commit().await.map_err(map_err),
+                // Dropping the transaction rolls back, the DDL included.
+                Err(e) => Err(e),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(120), fut).await {
+            Ok(Ok(())) => {
+                self.schema_ok.store(true, Ordering::Release);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Unavailable(
+                "postgres: migrations did not finish within 120s".into(),
+            )),
+        }
+    }
+
+    async fn check_schema(&self) -> Result<(), StoreError> {
+        let client = self.connect_direct().await?;
+        let applied = tokio::time::timeout(OP_TIMEOUT, read_applied(&client))
+            .await
+            .map_err(|_| StoreError::Unavailable("postgres: timed out".into()))?
+            .map_err(map_err)?;
+        verify(&applied)?;
+        self.schema_ok.store(true, Ordering::Release);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

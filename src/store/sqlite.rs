@@ -10,6 +10,7 @@
 //! recovers by itself.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use super::migrations::{Migration, SQLITE};
+use super::migrations::{self, Applied, Migration, SQLITE};
 use super::{Profile, ProfileStore, ResetReport, StoreError, TotpRecord};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,6 +30,20 @@ pub struct SqliteProfileStore {
 struct Inner {
     path: PathBuf,
     conn: Mutex<Option<Connection>>,
+    /// The schema was found to be this binary's (see `check_schema`).
+    schema_ok: AtomicBool,
+}
+
+/// What a unit of work on the connection failed with.
+enum Failure {
+    Sql(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Sql(e)
+    }
 }
 
 impl SqliteProfileStore {
@@ -45,18 +60,28 @@ impl SqliteProfileStore {
             inner: Arc::new(Inner {
                 path: PathBuf::from(path),
                 conn: Mutex::new(None),
+                schema_ok: AtomicBool::new(false),
             }),
         })
     }
 
-    /// Runs `f` on the connection in the blocking pool.
+    /// Runs `f` on the connection in the blocking pool, once the schema has
+    /// been found to be this binary's.
     async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.run(true, move |c| f(c).map_err(Failure::Sql)).await
+    }
+
+    async fn run<T, F>(&self, gated: bool, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
+    {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.run(f))
+        tokio::task::spawn_blocking(move || inner.run(gated, f))
             .await
             .map_err(|e| StoreError::Unavailable(format!("sqlite worker: {e}")))?
     }
@@ -75,7 +100,8 @@ impl Inner {
 
     fn run<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+        gated: bool,
+        f: impl FnOnce(&mut Connection) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
         let mut guard = self.conn.lock();
         if guard.is_none() {
@@ -84,13 +110,25 @@ impl Inner {
         let Some(conn) = guard.as_mut() else {
             return Err(StoreError::Unavailable("sqlite: not open".into()));
         };
-        f(conn).map_err(|e| {
-            if is_io(&e) {
-                // Reopen next time: the file may have been replaced or the
-                // volume remounted.
-                *guard = None;
+        let result = if gated && !self.schema_ok.load(Ordering::Acquire) {
+            read_applied(conn)
+                .map_err(Failure::Sql)
+                .and_then(|applied| verify(&applied).map_err(Failure::Store))
+                .map(|()| self.schema_ok.store(true, Ordering::Release))
+        } else {
+            Ok(())
+        };
+        let result = result.and_then(|()| f(conn));
+        result.map_err(|failure| match failure {
+            Failure::Store(e) => e,
+            Failure::Sql(e) => {
+                if is_io(&e) {
+                    // Reopen next time: the file may have been replaced or
+                    // the volume remounted.
+                    *guard = None;
+                }
+                map_err(&e)
             }
-            map_err(&e)
         })
     }
 }
@@ -113,27 +151,87 @@ fn map_err(e: &rusqlite::Error) -> StoreError {
     }
 }
 
+/// The rows of `schema_migrations`, empty when the table does not exist;
+/// `checksum` None for a table from before checksums.
+fn read_applied(c: &Connection) -> rusqlite::Result<Vec<Applied>> {
+    let exists: bool = c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(vec![]);
+    }
+    let sql = if has_checksum_column(c)? {
+        "SELECT version, name, checksum FROM schema_migrations ORDER BY version"
+    } else {
+        "SELECT version, name, NULL FROM schema_migrations ORDER BY version"
+    };
+    let mut stmt = c.prepare(sql)?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Applied {
+            version: r.get(0)?,
+            name: r.get(1)?,
+            checksum: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+fn has_checksum_column(c: &Connection) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('schema_migrations') WHERE name = 'checksum')",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// `check_schema`'s verdict on the recorded migrations.
+fn verify(applied: &[Applied]) -> Result<(), StoreError> {
+    let plan = migrations::plan(SQLITE, applied)
+        .map_err(|e| StoreError::Incompatible(format!("sqlite schema: {e}")))?;
+    match plan.pending_message(applied, SQLITE) {
+        Some(m) => Err(StoreError::Unavailable(format!("sqlite schema: {m}"))),
+        None => Ok(()),
+    }
+}
+
 /// Applies pending migrations in one immediate (write-locking) transaction,
-/// so two processes starting together cannot both apply one.
-pub(crate) fn migrate_sqlite(c: &mut Connection, list: &[Migration]) -> rusqlite::Result<()> {
+/// so two processes starting together cannot both apply one. A database
+/// this binary does not know is refused before anything changes.
+fn migrate_sqlite(c: &mut Connection, list: &[Migration]) -> Result<(), Failure> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version    INTEGER PRIMARY KEY NOT NULL,
             name       TEXT NOT NULL,
-            applied_at INTEGER NOT NULL
+            applied_at INTEGER NOT NULL,
+            checksum   TEXT
         )",
     )?;
-    let current: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-        [],
-        |r| r.get(0),
-    )?;
-    for m in list.iter().filter(|m| m.version > current) {
+    if !has_checksum_column(&tx)? {
+        tx.execute_batch("ALTER TABLE schema_migrations ADD COLUMN checksum TEXT")?;
+    }
+    let applied = read_applied(&tx)?;
+    let plan = migrations::plan(list, &applied)
+        .map_err(|e| Failure::Store(StoreError::Incompatible(format!("sqlite schema: {e}"))))?;
+    for m in &plan.backfill {
+        tx.execute(
+            "UPDATE schema_migrations SET checksum = ?2 WHERE version = ?1 AND checksum IS NULL",
+            params![m.version, m.checksum()],
+        )?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "recorded the checksum of an earlier database migration"
+        );
+    }
+    for m in &plan.pending {
         tx.execute_batch(m.sql)?;
         tx.execute(
-            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, strftime('%s','now'))",
-            params![m.version, m.name],
+            "INSERT INTO schema_migrations (version, name, applied_at, checksum) \
+             VALUES (?1, ?2, strftime('%s','now'), ?3)",
+            params![m.version, m.name, m.checksum()],
         )?;
         tracing::info!(
             version = m.version,
@@ -141,7 +239,8 @@ pub(crate) fn migrate_sqlite(c: &mut Connection, list: &[Migration]) -> rusqlite
             "applied database migration"
         );
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(())
 }
 
 /// A profile's values in `PROFILE_COLUMNS` order (?1 … ?12), for both the
@@ -186,7 +285,24 @@ fn profile_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Profile> {
 #[async_trait]
 impl ProfileStore for SqliteProfileStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        self.with(|c| migrate_sqlite(c, SQLITE)).await
+        let inner = self.inner.clone();
+        self.run(false, move |c| {
+            migrate_sqlite(c, SQLITE)?;
+            inner.schema_ok.store(true, Ordering::Release);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn check_schema(&self) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        self.run(false, move |c| {
+            let applied = read_applied(c)?;
+            verify(&applied).map_err(Failure::Store)?;
+            inner.schema_ok.store(true, Ordering::Release);
+            Ok(())
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

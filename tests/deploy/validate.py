@@ -45,6 +45,9 @@ VENV = ROOT / ".venv-test"
 ENVOY_BIN = VENV / "bin" / "envoy"
 K8S_VERSION = "1.30.0"
 OVERLAYS = ["sidecar", "shared"]
+# Optional kustomize components under k8s/components, checked in every overlay.
+COMPONENTS = ["migrate-job"]
+MIGRATE_JOB = "twofa-authz-migrate"
 SECRET_NAME = "twofa-authz-secrets"
 MESH_PROXY_LABEL = ("twofa-authz/mesh-proxy", "true")
 SPA_CLIENT = "twofa-spa"
@@ -62,7 +65,8 @@ CONFIG_KEYS = {
         "admin_client_secret", "mobile_attribute", "mobile_verified_attribute",
         "sync_verified_contacts",
     },
-    "storage": {"database_url", "redis_url", "pool_size", "key_prefix", "auto_migrate"},
+    "storage": {"database_url", "database_ca_path", "redis_url", "pool_size", "key_prefix",
+                "auto_migrate"},
     "security": {
         "encryption_keys", "second_factor_ttl", "methods", "otp_length", "otp_ttl",
         "otp_resend_interval", "max_attempts", "lockout", "max_consecutive_failures",
@@ -148,16 +152,18 @@ def load_yaml_docs(path: Path) -> list:
 # ── a small kustomize ──────────────────────────────────────────────────────
 #
 # Supports exactly what k8s/ uses: resources (files and directories),
-# namespace, labels (includeSelectors false), images, configMapGenerator with
-# files (behaviors create/replace/merge, content-hash suffixes as kustomize
-# computes them) and strategic-merge patches by kind and name. Anything else
-# in a kustomization.yaml is an error, so that the renderer never silently
-# ignores a feature.
+# components (kind Component with resources and patches, applied after the
+# resources as kustomize does), namespace, labels (includeSelectors false),
+# images, configMapGenerator with files (behaviors create/replace/merge,
+# content-hash suffixes as kustomize computes them) and strategic-merge
+# patches by kind and name. Anything else in a kustomization.yaml is an
+# error, so that the renderer never silently ignores a feature.
 
 KUSTOMIZATION_KEYS = {
-    "apiVersion", "kind", "namespace", "labels", "resources", "configMapGenerator",
-    "patches", "images",
+    "apiVersion", "kind", "namespace", "labels", "resources", "components",
+    "configMapGenerator", "patches", "images",
 }
+COMPONENT_KEYS = {"apiVersion", "kind", "resources", "patches"}
 CLUSTER_SCOPED = {
     "Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
     "PersistentVolume", "StorageClass", "PriorityClass", "ValidatingWebhookConfiguration",
@@ -298,6 +304,23 @@ def kbuild(d: Path) -> list:
         else:
             raise KustomizeError(f"{rel(kfile)}: resource {r} not found")
 
+    for c in k.get("components") or []:
+        cdir = (d / c).resolve()
+        cfile = find_kustomization(cdir)
+        with open(cfile) as f:
+            ck = yaml.safe_load(f) or {}
+        if ck.get("kind") != "Component":
+            raise KustomizeError(f"{rel(kfile)}: component {c} is not kind Component")
+        extra = set(ck) - COMPONENT_KEYS
+        if extra:
+            raise KustomizeError(f"{rel(cfile)}: unsupported fields {sorted(extra)}")
+        for r in ck.get("resources") or []:
+            rp = (cdir / r).resolve()
+            if not rp.is_file():
+                raise KustomizeError(f"{rel(cfile)}: resource {r} not found")
+            objs.extend(copy.deepcopy(load_yaml_docs(rp)))
+        apply_patches(cfile, cdir, ck, objs)
+
     for g in k.get("configMapGenerator") or []:
         extra = set(g) - {"name", "files", "behavior"}
         if extra:
@@ -328,20 +351,7 @@ def kbuild(d: Path) -> list:
         else:
             raise KustomizeError(f"{rel(kfile)}: unknown behavior {behavior}")
 
-    for p in k.get("patches") or []:
-        if set(p) - {"path"}:
-            raise KustomizeError(f"{rel(kfile)}: only `patches: - path:` is supported")
-        for patch in load_yaml_docs(d / p["path"]):
-            kind, name = patch.get("kind"), patch.get("metadata", {}).get("name")
-            targets = [i for i, o in enumerate(objs)
-                       if o.get("kind") == kind and o["metadata"]["name"] == name]
-            if len(targets) != 1:
-                raise KustomizeError(f"{rel(kfile)}: patch {p['path']} matches {len(targets)} objects")
-            i = targets[0]
-            gen = objs[i].pop(GEN, None)
-            objs[i] = smp(objs[i], patch)
-            if gen:
-                objs[i][GEN] = True
+    apply_patches(kfile, d, k, objs)
 
     ns = k.get("namespace")
     if ns:
@@ -374,6 +384,23 @@ def kbuild(d: Path) -> list:
                         tag = img.get("newTag", tag)
                         c["image"] = name + (f":{tag}" if tag else "") + (f"@{digest}" if digest and "newTag" not in img else "")
     return objs
+
+
+def apply_patches(kfile: Path, d: Path, k: dict, objs: list) -> None:
+    for p in k.get("patches") or []:
+        if set(p) - {"path"}:
+            raise KustomizeError(f"{rel(kfile)}: only `patches: - path:` is supported")
+        for patch in load_yaml_docs(d / p["path"]):
+            kind, name = patch.get("kind"), patch.get("metadata", {}).get("name")
+            targets = [i for i, o in enumerate(objs)
+                       if o.get("kind") == kind and o["metadata"]["name"] == name]
+            if len(targets) != 1:
+                raise KustomizeError(f"{rel(kfile)}: patch {p['path']} matches {len(targets)} objects")
+            i = targets[0]
+            gen = objs[i].pop(GEN, None)
+            objs[i] = smp(objs[i], patch)
+            if gen:
+                objs[i][GEN] = True
 
 
 def render(d: Path) -> list:
@@ -823,15 +850,15 @@ def check_dockerfile() -> dict:
     return result
 
 
-def check_overlay(name: str, docker: dict, secret_keys: set, cargo_version: str) -> None:
-    d = ROOT / "k8s" / "overlays" / name
-    label = f"k8s/{name}"
+def render_and_compare(d: Path, label: str) -> list | None:
+    """Renders a kustomization with the built-in renderer and, when kubectl is
+    installed, checks that `kubectl kustomize` renders the same objects."""
     try:
         objs = render(d)
         R.check(f"{label}: kustomize render (built-in renderer)", True)
     except Exception as e:  # noqa: BLE001
         R.check(f"{label}: kustomize render (built-in renderer)", False, str(e))
-        return
+        return None
 
     kubectl = shutil.which("kubectl")
     if kubectl:
@@ -857,6 +884,35 @@ def check_overlay(name: str, docker: dict, secret_keys: set, cargo_version: str)
             R.check(f"{label}: identical to `kubectl kustomize`", False, "timed out")
     else:
         print(f"note  {label}: kubectl not installed, built-in renderer only")
+    return objs
+
+
+def prestop_sleep(c: dict) -> int | None:
+    return (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds")
+
+
+def hardened(c: dict, spec: dict, docker: dict) -> None:
+    """The security context every twofa-authz container (and the migrate Job)
+    runs with."""
+    sc, psc = c.get("securityContext", {}), spec.get("securityContext", {})
+    need(sc.get("runAsNonRoot") is True, "runAsNonRoot")
+    need(sc.get("runAsUser") == 65532 == docker.get("uid"), f"runAsUser {sc.get('runAsUser')} vs Dockerfile {docker.get('uid')}")
+    need(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem")
+    need(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation false")
+    need(sc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities drop ALL")
+    need(not sc.get("capabilities", {}).get("add"), "no added capabilities")
+    need(sc.get("privileged") in (None, False), "not privileged")
+    seccomp = sc.get("seccompProfile") or psc.get("seccompProfile") or {}
+    need(seccomp.get("type") == "RuntimeDefault", "seccompProfile RuntimeDefault")
+    need(spec.get("automountServiceAccountToken") is False, "no service account token")
+
+
+def check_overlay(name: str, docker: dict, secret_keys: set, cargo_version: str) -> None:
+    d = ROOT / "k8s" / "overlays" / name
+    label = f"k8s/{name}"
+    objs = render_and_compare(d, label)
+    if objs is None:
+        return
 
     validate_schema(label, objs)
 
@@ -864,6 +920,14 @@ def check_overlay(name: str, docker: dict, secret_keys: set, cargo_version: str)
     for o in objs:
         by_kind.setdefault(o["kind"], []).append(o)
     deps = by_kind.get("Deployment", [])
+
+    def min_replicas(dep: dict) -> int:
+        """spec.replicas, or the minReplicas of the HPA that owns the count."""
+        for h in by_kind.get("HorizontalPodAutoscaler", []):
+            ref = h["spec"]["scaleTargetRef"]
+            if ref.get("kind") == "Deployment" and ref.get("name") == dep["metadata"]["name"]:
+                return h["spec"].get("minReplicas", 1)
+        return dep["spec"].get("replicas", 1)
     cms = {o["metadata"]["name"]: o for o in by_kind.get("ConfigMap", [])}
     services = by_kind.get("Service", [])
     sas = {o["metadata"]["name"] for o in by_kind.get("ServiceAccount", [])}
@@ -890,8 +954,53 @@ def check_overlay(name: str, docker: dict, secret_keys: set, cargo_version: str)
         else:
             need(names == {("twofa-authz", "twofa-authz")}, f"twofa-authz containers {names}")
             shared = next(dp for dp in deps if dp["metadata"]["name"] == "twofa-authz")
-            need(shared["spec"].get("replicas", 1) >= 2, "shared twofa-authz needs 2+ replicas")
+            need(min_replicas(shared) >= 2, "shared twofa-authz needs 2+ replicas")
     R.run(f"{label}: deployment shape", shape)
+
+    def hpas():
+        for h in by_kind.get("HorizontalPodAutoscaler", []):
+            need(h["apiVersion"] == "autoscaling/v2", f"{h['metadata']['name']}: autoscaling/v2")
+            ref = h["spec"]["scaleTargetRef"]
+            target = [dp for dp in deps if ref.get("kind") == "Deployment" and dp["metadata"]["name"] == ref.get("name")]
+            need(len(target) == 1, f"HPA {h['metadata']['name']} targets no rendered Deployment: {ref}")
+            need("replicas" not in target[0]["spec"],
+                 f"{ref['name']}: spec.replicas would fight the HPA on every apply")
+            lo, hi = h["spec"].get("minReplicas", 1), h["spec"]["maxReplicas"]
+            need(2 <= lo <= hi, f"minReplicas {lo}, maxReplicas {hi}")
+            for m in h["spec"].get("metrics", []):
+                if m.get("type") == "Resource":
+                    res = m["resource"]["name"]
+                    for c in target[0]["spec"]["template"]["spec"]["containers"]:
+                        need(res in (c.get("resources", {}).get("requests") or {}),
+                             f"{c['name']}: utilization of {res} needs requests.{res}")
+        if name == "shared":
+            need(any(h["spec"]["scaleTargetRef"]["name"] == "twofa-authz"
+                     for h in by_kind.get("HorizontalPodAutoscaler", [])),
+                 "the shared twofa-authz Deployment has no HorizontalPodAutoscaler")
+    R.run(f"{label}: HorizontalPodAutoscalers target a Deployment without spec.replicas, min 2, requests for their metrics", hpas)
+
+    def drain_order():
+        for dep in deps:
+            spec = dep["spec"]["template"]["spec"]
+            cs = spec["containers"]
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+            envoys = [c for c in cs if is_envoy(c)]
+            twofas = [c for c in cs if is_twofa(c)]
+            for c in twofas:
+                t = prestop_sleep(c)
+                need(t, f"{dep['metadata']['name']}/{c['name']}: a preStop sleep")
+                need(grace >= t + 10 + 5,
+                     f"{dep['metadata']['name']}: grace {grace}s < preStop {t}s + 10s draining + margin")
+            if envoys:
+                e = prestop_sleep(envoys[0])
+                need(e, f"{dep['metadata']['name']}/envoy: a preStop sleep (it stops taking traffic first)")
+                for c in cs:
+                    if c is envoys[0]:
+                        continue
+                    o = prestop_sleep(c)
+                    need(o and o > e, f"{dep['metadata']['name']}/{c['name']}: preStop {o}s must outlive Envoy's {e}s")
+                need(grace >= max(prestop_sleep(c) or 0 for c in cs) + 10 + 5, f"{dep['metadata']['name']}: grace {grace}s")
+    R.run(f"{label}: preStop delays drain in order (Envoy first, its upstreams and twofa-authz after)", drain_order)
 
     for dep, c in twofa_pods:
         spec = dep["spec"]["template"]["spec"]
@@ -899,17 +1008,7 @@ def check_overlay(name: str, docker: dict, secret_keys: set, cargo_version: str)
         R.check(f"{where}: image twofa-authz:{cargo_version}", c["image"] == f"twofa-authz:{cargo_version}", c["image"])
 
         def sec():
-            sc, psc = c.get("securityContext", {}), spec.get("securityContext", {})
-            need(sc.get("runAsNonRoot") is True, "runAsNonRoot")
-            need(sc.get("runAsUser") == 65532 == docker.get("uid"), f"runAsUser {sc.get('runAsUser')} vs Dockerfile {docker.get('uid')}")
-            need(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem")
-            need(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation false")
-            need(sc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities drop ALL")
-            need(not sc.get("capabilities", {}).get("add"), "no added capabilities")
-            need(sc.get("privileged") in (None, False), "not privileged")
-            seccomp = sc.get("seccompProfile") or psc.get("seccompProfile") or {}
-            need(seccomp.get("type") == "RuntimeDefault", "seccompProfile RuntimeDefault")
-            need(spec.get("automountServiceAccountToken") is False, "no service account token")
+            hardened(c, spec, docker)
             need(spec.get("serviceAccountName") in sas, f"serviceAccountName {spec.get('serviceAccountName')} not rendered")
         R.run(f"{where}: securityContext hardened (non-root 65532, read-only, no escalation, drop ALL, RuntimeDefault)", sec)
 
@@ -1084,7 +1183,7 @@ def check_overlay(name: str, docker: dict, secret_keys: set, cargo_version: str)
             need(len(match) == 1, f"{dep['metadata']['name']}: {len(match)} PodDisruptionBudgets")
             p = match[0]["spec"]
             if "minAvailable" in p:
-                need(p["minAvailable"] < dep["spec"].get("replicas", 1), f"{dep['metadata']['name']}: minAvailable blocks every eviction")
+                need(p["minAvailable"] < min_replicas(dep), f"{dep['metadata']['name']}: minAvailable blocks every eviction")
     R.run(f"{label}: a PodDisruptionBudget for every Deployment", pdbs)
 
     def netpols():
@@ -1115,6 +1214,105 @@ def check_overlay(name: str, docker: dict, secret_keys: set, cargo_version: str)
                     if admits_http:
                         need(rule.get("from"), f"twofa-authz HTTP {twofa['http'][1]} open to every source")
     R.run(f"{label}: NetworkPolicies cover every pod; only mesh proxies (or loopback Envoy) reach gRPC 9191", netpols)
+
+
+def check_component(overlay: str, comp: str, docker: dict, secret_keys: set, cargo_version: str) -> None:
+    """The overlay with `components: [../../components/<comp>]` added, as an
+    operator adds it: renders (both renderers), adds only new objects, and
+    the migrate Job runs `migrate` with the twofa-authz containers' image,
+    ConfigMap and Secret."""
+    src = ROOT / "k8s" / "overlays" / overlay
+    tmp = ROOT / "k8s" / "overlays" / f".validate-{overlay}-{comp}"
+    label = f"k8s/{overlay} + components/{comp}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    try:
+        kf = find_kustomization(tmp)
+        k = yaml.safe_load(kf.read_text())
+        k.setdefault("components", []).append(f"../../components/{comp}")
+        kf.write_text(yaml.safe_dump(k, sort_keys=False))
+        objs = render_and_compare(tmp, label)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if objs is None:
+        return
+    plain = {obj_key(o): o for o in render(src)}
+    added = [o for o in objs if obj_key(o) not in plain]
+
+    def only_adds():
+        for o in objs:
+            if obj_key(o) in plain:
+                dd = first_diff(normalize(plain[obj_key(o)]), normalize(o))
+                need(not dd, f"the component changes {obj_key(o)}: {dd}")
+        need(added, "the component adds nothing")
+    R.run(f"{label}: only adds objects", only_adds)
+    validate_schema(label, added)
+    if comp != "migrate-job":
+        return
+
+    jobs = [o for o in added if o["kind"] == "Job"]
+    if not R.check(f"{label}: one Job {MIGRATE_JOB} in namespace twofa",
+                   len(jobs) == 1 and jobs[0]["metadata"]["name"] == MIGRATE_JOB
+                   and jobs[0]["metadata"].get("namespace") == "twofa", f"{[obj_key(j) for j in jobs]}"):
+        return
+    job = jobs[0]
+    spec = job["spec"]["template"]["spec"]
+    cs = spec["containers"]
+    c = cs[0]
+    sas = {o["metadata"]["name"] for o in objs if o["kind"] == "ServiceAccount"}
+    cms = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ConfigMap"}
+    server = next((cc for o in objs if o["kind"] == "Deployment"
+                   for cc in o["spec"]["template"]["spec"]["containers"] if is_twofa(cc)), None)
+
+    def runs_migrate():
+        need(len(cs) == 1, f"containers {[x['name'] for x in cs]}")
+        need(c["image"] == f"twofa-authz:{cargo_version}", f"image {c['image']}")
+        need(server is not None and c["image"] == server["image"], "the same image as the serving containers")
+        need(c.get("command") in (None, docker["entry"]), f"command {c.get('command')}")
+        args = c.get("args", [])
+        need(args[:1] == ["migrate"] and "--config" in args, f"args {args}")
+        need(spec.get("restartPolicy") in ("Never", "OnFailure"), f"restartPolicy {spec.get('restartPolicy')}")
+        need(isinstance(job["spec"].get("backoffLimit"), int), "backoffLimit")
+        need(isinstance(job["spec"].get("activeDeadlineSeconds"), int), "activeDeadlineSeconds bounds a hung migration")
+        need((c.get("resources", {}).get("limits") or {}).get("memory"), "a memory limit")
+        need(spec.get("serviceAccountName") in sas, f"serviceAccountName {spec.get('serviceAccountName')} not rendered")
+        hardened(c, spec, docker)
+    R.run(f"{label}: the Job runs `twofa-authz migrate --config` with the serving image, hardened, bounded", runs_migrate)
+
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+
+    def same_config():
+        need(server is not None, "no twofa-authz container to compare with")
+        sspec = next(o["spec"]["template"]["spec"] for o in objs if o["kind"] == "Deployment"
+                     and server in o["spec"]["template"]["spec"]["containers"])
+        svols = {v["name"]: v for v in sspec.get("volumes", [])}
+        smounts = {m["mountPath"]: svols[m["name"]] for m in server.get("volumeMounts", [])}
+        for mp, m in mounts.items():
+            v = vols[m["name"]]
+            need(m.get("readOnly") is True, f"{mp} read-only")
+            theirs = smounts.get(mp)
+            need(theirs is not None, f"{mp}: the serving container mounts nothing there")
+            if "configMap" in v:
+                need(theirs.get("configMap", {}).get("name") == v["configMap"]["name"],
+                     f"{mp}: ConfigMap {v['configMap']['name']} vs {theirs}")
+                need(v["configMap"]["name"] in cms, f"ConfigMap {v['configMap']['name']} not rendered")
+            if "secret" in v:
+                need(v["secret"]["secretName"] == SECRET_NAME == theirs.get("secret", {}).get("secretName"),
+                     f"{mp}: Secret {v['secret']['secretName']}")
+    R.run(f"{label}: the Job mounts the serving containers' ConfigMap and Secret at the same paths", same_config)
+
+    args = c.get("args", [])
+    if "--config" in args:
+        cfg_path = args[args.index("--config") + 1]
+        try:
+            text = cms[vols[mounts[os.path.dirname(cfg_path)]["name"]]["configMap"]["name"]]["data"][os.path.basename(cfg_path)]
+        except KeyError as e:
+            R.check(f"{label}: --config {cfg_path} is a key of a rendered ConfigMap", False, f"missing {e}")
+            return
+        secret_dirs = {mp: secret_keys for mp, m in mounts.items()
+                       if vols.get(m["name"], {}).get("secret", {}).get("secretName") == SECRET_NAME}
+        check_twofa_config(f"{label} Job config", text, secret_dirs, {})
 
 
 # ── everything else ────────────────────────────────────────────────────────
@@ -1493,6 +1691,8 @@ def main() -> int:
     secret_keys = section("k8s/base/secret.example.yaml", check_secret_example, default=set())
     for name in OVERLAYS:
         section(f"k8s/{name}", check_overlay, name, docker, secret_keys, version)
+        for comp in COMPONENTS:
+            section(f"k8s/{name} + components/{comp}", check_component, name, comp, docker, secret_keys, version)
     section("k8s/base/config/twofa-authz.toml", lambda: optional_check_config(
         "k8s/base/config/twofa-authz.toml", (ROOT / "k8s/base/config/twofa-authz.toml").read_text()))
 

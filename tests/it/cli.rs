@@ -117,6 +117,128 @@ fn bad_configuration_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `storage.database_ca_path` and `sslmode`: check-config (and serve) name a
+/// CA file that is not a CA bundle and an sslmode libpq would not take, with
+/// exit 2 and without printing the URL's password; a good bundle is shown
+/// with what the TLS settings mean.
+#[test]
+fn check_config_validates_the_database_tls_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::support::tls::TestCa::new("cli test CA").write_cert(dir.path(), "ca.pem");
+    let not_pem = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let broken = dir.path().join("broken.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let base = [
+        ("TWOFA_KEYCLOAK__URL", "https://sso.example.com"),
+        ("TWOFA_KEYCLOAK__REALM", "demo"),
+        ("TWOFA_SECURITY__ENCRYPTION_KEYS", KEY),
+    ];
+    let pg = "postgres://twofa:pgpass@db.internal/twofa?sslmode=verify-full";
+    let (ca, not_pem, broken, missing) = (
+        ca.display().to_string(),
+        not_pem.display().to_string(),
+        broken.display().to_string(),
+        dir.path().join("missing.pem").display().to_string(),
+    );
+    // (environment, the key named, what the message says)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec![
+                ("TWOFA_STORAGE__DATABASE_URL", pg),
+                ("TWOFA_STORAGE__DATABASE_CA_PATH", &not_pem),
+            ],
+            "storage.database_ca_path",
+            "no PEM certificate",
+        ),
+        (
+            vec![
+                ("TWOFA_STORAGE__DATABASE_URL", pg),
+                ("TWOFA_STORAGE__DATABASE_CA_PATH", &broken),
+            ],
+            "storage.database_ca_path",
+            "not a valid CA certificate",
+        ),
+        (
+            vec![
+                ("TWOFA_STORAGE__DATABASE_URL", pg),
+                ("TWOFA_STORAGE__DATABASE_CA_PATH", &missing),
+            ],
+            "storage.database_ca_path",
+            "missing.pem",
+        ),
+        (
+            vec![(
+                "TWOFA_STORAGE__DATABASE_URL",
+                "postgres://twofa:pgpass@db/twofa?sslmode=verify-everything",
+            )],
+            "storage.database_url",
+            "verify-everything",
+        ),
+        (
+            vec![
+                ("TWOFA_STORAGE__DATABASE_URL", "sqlite://twofa.db"),
+                ("TWOFA_STORAGE__DATABASE_CA_PATH", &ca),
+            ],
+            "storage.database_ca_path",
+            "postgres://",
+        ),
+    ];
+    for (extra, key, says) in &cases {
+        let env: Vec<(&str, &str)> = base.iter().chain(extra.iter()).copied().collect();
+        for args in [&["check-config"][..], &["serve"][..]] {
+            let out = twofa(args, &env);
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {extra:?}: {err}");
+            assert!(
+                err.contains(&format!("`{key}`")) && err.contains(says),
+                "{args:?} should name {key} ({says}): {err}"
+            );
+            assert!(!err.contains("pgpass"), "{err}");
+        }
+    }
+
+    let env: Vec<(&str, &str)> = base
+        .iter()
+        .copied()
+        .chain([
+            ("TWOFA_STORAGE__DATABASE_URL", pg),
+            ("TWOFA_STORAGE__DATABASE_CA_PATH", ca.as_str()),
+        ])
+        .collect();
+    let out = twofa(&["check-config"], &env);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains(&format!("database_ca_path = \"{ca}\"")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sslmode=verify-full") && stdout.contains("name the host"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pgpass"), "{stdout}");
+    let out = twofa(
+        &["check-config"],
+        &[
+            base[0],
+            base[1],
+            base[2],
+            ("TWOFA_STORAGE__DATABASE_URL", "postgres://twofa@db/twofa"),
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("database_ca_path is unset") && stdout.contains("sslmode=prefer"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn dev_mode_refuses_non_loopback_addresses() {
     let out = twofa(

@@ -40,17 +40,7 @@ async fn shared_postgres() -> Arc<Postgres> {
 
 /// A fresh database in `pg`; returns its URL.
 pub async fn create_database(pg: &Postgres) -> String {
-    let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test postgres");
-    let task = tokio::spawn(conn);
-    let name = format!("t_{}", crate::support::keycloak::uuid().replace('-', ""));
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("CREATE DATABASE");
-    drop(client);
-    task.abort();
+    let name = pg.create_database().await;
     format!("postgres://postgres@127.0.0.1:{}/{name}", pg.port())
 }
 
@@ -87,6 +77,8 @@ pub struct Options {
     pub proxy: Option<Proxy>,
     /// A PostgreSQL cluster of the test's own (to stop it).
     pub own_postgres: bool,
+    /// This cluster (e.g. `Postgres::start_tls`) instead, as the test's own.
+    pub postgres: Option<Postgres>,
 }
 
 impl UserStack {
@@ -95,7 +87,9 @@ impl UserStack {
     }
 
     pub async fn start_with(opts: Options, tweak: impl FnOnce(&mut AppConfig)) -> UserStack {
-        let pg = if opts.own_postgres {
+        let pg = if let Some(pg) = opts.postgres {
+            Pg::Own(pg)
+        } else if opts.own_postgres {
             Pg::Own(Postgres::start().await)
         } else {
             Pg::Shared(shared_postgres().await)

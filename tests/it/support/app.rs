@@ -59,6 +59,37 @@ impl AppConfig {
     }
 }
 
+/// Runs `twofa-authz ARGS --config FILE` (e.g. `migrate`) with this
+/// configuration in a temp dir of its own; returns its exit status and
+/// everything it printed.
+pub fn run_command(config: &AppConfig, args: &[&str]) -> (ExitStatus, String) {
+    let dir = tempfile::Builder::new()
+        .prefix("twofa-cmd-")
+        .tempdir()
+        .expect("temp dir");
+    let path = dir.path().join("twofa.toml");
+    std::fs::write(&path, config.render()).expect("write the config file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twofa-authz"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(&path)
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TWOFA_") {
+            cmd.env_remove(name);
+        }
+    }
+    let out = cmd.output().expect("run twofa-authz");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
 /// A TOML basic string. JSON's string escapes are valid TOML escapes.
 pub fn toml_string(value: &str) -> String {
     serde_json::to_string(value).unwrap()
@@ -114,6 +145,21 @@ impl App {
             );
         }
         app
+    }
+
+    /// Starts the binary with a configuration it must refuse and waits for it
+    /// to exit: its exit status (None if it still ran after `timeout`, then it
+    /// is stopped) and its log.
+    pub async fn run_to_exit(
+        config: &AppConfig,
+        timeout: Duration,
+    ) -> (Option<ExitStatus>, String) {
+        let mut app = App::spawn(config);
+        let status = app.child.wait_exit(timeout).await;
+        if status.is_none() {
+            app.child.stop();
+        }
+        (status, app.log())
     }
 
     /// Writes the configuration (with `server.*_addr` on free ports unless set)

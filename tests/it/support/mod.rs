@@ -20,6 +20,7 @@ pub mod resend;
 pub mod sms_webhook;
 pub mod smtp;
 pub mod standin;
+pub mod tls;
 pub mod twilio;
 pub mod upstream;
 

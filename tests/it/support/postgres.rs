@@ -1,5 +1,6 @@
 //! A throwaway PostgreSQL cluster: `initdb` into a temp dir, `pg_ctl start` on a
-//! free port, its unix socket inside the temp dir.
+//! free port, its unix socket inside the temp dir. `start_tls` turns TLS on with
+//! a certificate from support/tls.rs and SCRAM passwords for TCP clients.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -9,16 +10,93 @@ use tempfile::TempDir;
 
 use super::ports::free_port;
 use super::process::{accepts_connections, wait_until};
+use super::tls::ServerCert;
+
+/// The password of `postgres` over TCP in a `start_tls` cluster.
+pub const TLS_PASSWORD: &str = "twofa-test-pw";
 
 pub struct Postgres {
     port: u16,
     dir: TempDir,
     bindir: PathBuf,
     running: bool,
+    listen: &'static str,
 }
 
 impl Postgres {
     pub async fn start() -> Postgres {
+        let mut pg = Postgres::init();
+        pg.start_server().await;
+        pg
+    }
+
+    /// `ssl = on` with `cert`; TCP clients log in with SCRAM (password
+    /// `TLS_PASSWORD`), over TLS or plaintext as the client chooses, so that
+    /// `pg_stat_ssl` shows the client's choice. Listens on 127.0.0.1 and
+    /// 127.0.0.2 (a second name for host-name checks); the unix socket
+    /// trusts the harness.
+    pub async fn start_tls(cert: &ServerCert) -> Postgres {
+        let mut pg = Postgres::init();
+        pg.listen = "127.0.0.1,127.0.0.2";
+        let data = pg.data_dir();
+        let (crt, key) = cert.write(&data, "server");
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+        text.push_str(
+            "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+             password_encryption = 'scram-sha-256'\nlog_connections = on\n",
+        );
+        std::fs::write(&conf, text).expect("write postgresql.conf");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             host all all 127.0.0.0/8 scram-sha-256\n\
+             host all all ::1/128 scram-sha-256\n",
+        )
+        .expect("write pg_hba.conf");
+        if is_root() {
+            run(Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&crt)
+                .arg(&key));
+        }
+        pg.start_server().await;
+        pg.admin()
+            .await
+            .batch_execute(&format!("ALTER USER postgres PASSWORD '{TLS_PASSWORD}'"))
+            .await
+            .expect("set the password");
+        pg
+    }
+
+    /// A superuser connection over the unix socket (trusted in every cluster).
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host_path(self.dir.path())
+            .port(self.port)
+            .user("postgres")
+            .dbname("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test postgres over its unix socket");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    /// A fresh database; returns its name.
+    pub async fn create_database(&self) -> String {
+        let name = format!("t_{}", super::keycloak::uuid().replace('-', ""));
+        self.admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("CREATE DATABASE");
+        name
+    }
+
+    fn init() -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("twofa-pg-")
             .tempdir()
@@ -28,6 +106,7 @@ impl Postgres {
             bindir: pg_bindir(),
             dir,
             running: false,
+            listen: "127.0.0.1",
         };
         if is_root() {
             // initdb refuses to run as root; the cluster belongs to `postgres`.
@@ -40,8 +119,6 @@ impl Postgres {
             .arg("-D")
             .arg(pg.data_dir())
             .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]));
-        let mut pg = pg;
-        pg.start_server().await;
         pg
     }
 
@@ -71,9 +148,10 @@ impl Postgres {
 
     pub async fn start_server(&mut self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -F",
+            "-p {} -k {} -c listen_addresses={} -F",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.listen,
         );
         run(self
             .as_owner(&self.bindir.join("pg_ctl"))
