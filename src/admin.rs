@@ -117,14 +117,7 @@ pub async fn reset_user(cfg: Config, sub: &str) -> i32 {
             return crate::cli::EXIT_RUNTIME;
         }
     };
-    let budget = crate::factor::lockout::Budget {
-        eph: eph.as_ref(),
-        profiles: profiles.as_ref(),
-        max_attempts: cfg.security.max_attempts,
-        lockout: cfg.security.lockout.get(),
-        max_consecutive_failures: cfg.security.max_consecutive_failures,
-    };
-    let lockout = match budget.clear(&subject).await {
+    let lockout = match eph.clear_attempts(&subject).await {
         Ok(b) => b,
         Err(e) => {
             eprintln!("twofa-authz: reset-user failed on the session store: {e}");
@@ -141,10 +134,12 @@ pub async fn reset_user(cfg: Config, sub: &str) -> i32 {
     // Derived, short-lived state of the old enrollment: an unconfirmed TOTP
     // secret and the methods hint a Check's 403 lists.
     let pending = eph
-        .delete(&crate::factor::totp::pending_key(&subject))
+        .delete(&crate::store::keys::pending_totp(&subject))
         .await
         .unwrap_or(false);
-    let _ = eph.delete(&crate::authz::methods_hint_key(&subject)).await;
+    let _ = eph
+        .delete(&crate::store::keys::methods_hint(&subject))
+        .await;
     if pending {
         println!("reset {sub}: removed a pending (unconfirmed) TOTP secret");
     }

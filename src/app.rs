@@ -34,6 +34,8 @@ use crate::config::Config;
 use crate::crypto::KeyRing;
 use crate::delivery::Delivery;
 use crate::factor::hashing::HashPool;
+use crate::factor::service::{Directory, Ports, Settings};
+use crate::factor::Factors;
 use crate::keycloak::AdminClient;
 use crate::metrics::Metrics;
 use crate::store::{self, EphemeralStore, ProfileStore, SessionStore, StoreError};
@@ -67,6 +69,8 @@ pub struct AppState {
     pub delivery: Arc<Delivery>,
     /// The Keycloak Admin REST API, when `keycloak.admin_client_id` is set.
     pub keycloak_admin: Option<Arc<AdminClient>>,
+    /// Every rule of the `/user` API's factor and contact flows.
+    pub factors: Arc<Factors>,
     /// Argon2id hashing of recovery codes, a few at a time with bounded
     /// memory (`factor::hashing`).
     pub hashing: Arc<HashPool>,
@@ -201,6 +205,25 @@ impl AppState {
                 .map_err(|e| format!("security.encryption_keys: {e}"))?,
         );
         let hashing = Arc::new(HashPool::for_host()?);
+        let factors = Arc::new(Factors::new(
+            Ports {
+                ephemeral: ephemeral.clone(),
+                profiles: profiles.clone(),
+                sessions: sessions.clone(),
+                keys: keys.clone(),
+                delivery: delivery.clone(),
+                directory: keycloak_admin.clone().map(|a| a as Arc<dyn Directory>),
+                metrics: metrics.clone(),
+                hashing: hashing.clone(),
+                clock: clock.clone(),
+            },
+            Settings {
+                security: cfg.security.clone(),
+                totp: cfg.totp.clone(),
+                sync_verified_contacts: cfg.keycloak.sync_verified_contacts,
+                mobile_attribute: cfg.keycloak.mobile_attribute.clone(),
+            },
+        ));
         let authz = Arc::new(Authorizer::new(
             &cfg,
             Arc::new(validator),
@@ -221,6 +244,7 @@ impl AppState {
             keys,
             delivery,
             keycloak_admin,
+            factors,
             hashing,
         }))
     }

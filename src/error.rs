@@ -15,8 +15,13 @@ pub enum Error {
     /// so that a forger learns nothing about which check failed.
     #[error("the bearer token is not valid")]
     InvalidToken(&'static str),
+    /// `max_age` (seconds) is set when a factor passed longer ago than that
+    /// does not count: the "recent second factor" of INTERFACE.md section 5.
     #[error("this request needs a second factor for the current session")]
-    SecondFactorRequired { methods: Vec<String> },
+    SecondFactorRequired {
+        methods: Vec<String>,
+        max_age: Option<u64>,
+    },
     #[error("the authorization decision cannot be made right now")]
     AuthzUnavailable(&'static str),
     #[error("the request body is not valid JSON: {0}")]
@@ -181,8 +186,11 @@ impl Error {
         });
         if let Some(obj) = body.as_object_mut() {
             match self {
-                Error::SecondFactorRequired { methods } => {
+                Error::SecondFactorRequired { methods, max_age } => {
                     obj.insert("methods".into(), serde_json::json!(methods));
+                    if let Some(secs) = max_age {
+                        obj.insert("max_age".into(), serde_json::json!(secs));
+                    }
                 }
                 Error::InvalidCode { attempts_remaining } => {
                     obj.insert(

@@ -113,6 +113,7 @@ pub fn decide(
     let required = || {
         Decision::Deny(Error::SecondFactorRequired {
             methods: methods.to_vec(),
+            max_age: None,
         })
     };
     match session {
@@ -185,12 +186,6 @@ pub fn bearer(header: AuthHeader<'_>) -> Result<Option<&str>, &'static str> {
         return Err("malformed");
     }
     Ok(Some(token))
-}
-
-/// Where the `/user` API leaves the methods a user can use, for the 403
-/// body of a Check (which must not read the database).
-pub fn methods_hint_key(subject_hash: &str) -> String {
-    format!("methods:{subject_hash}")
 }
 
 pub struct Authorizer {
@@ -285,6 +280,7 @@ impl Authorizer {
             (Decision::Deny(Error::SecondFactorRequired { .. }), Some(id)) => {
                 Decision::Deny(Error::SecondFactorRequired {
                     methods: self.methods_of(&id).await,
+                    max_age: None,
                 })
             }
             (d, _) => d,
@@ -295,7 +291,9 @@ impl Authorizer {
     /// them; the operator's enabled methods when unknown (first visit, or
     /// the hint store cannot answer: a denial never waits on it).
     async fn methods_of(&self, id: &Identity) -> Vec<String> {
-        let key = methods_hint_key(&crate::token::subject_hash(id.iss(), id.sub()));
+        // Where the `/user` API leaves the methods a user can use: a Check
+        // must not read the database.
+        let key = crate::store::keys::methods_hint(&id.subject_key());
         match self.hints.get(&key).await {
             Ok(Some(json)) => match serde_json::from_str::<Vec<String>>(&json) {
                 Ok(list) => list
@@ -312,7 +310,7 @@ impl Authorizer {
         let Some(key) = id.session_key() else {
             return SessionState::NoSession;
         };
-        match self.sessions.get(&key.hex()).await {
+        match self.sessions.get(&id.subject_key(), &key.hex()).await {
             Ok(Some(v)) => SessionState::Verified(v),
             Ok(None) => SessionState::NotVerified,
             Err(e) => {

@@ -469,6 +469,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         ("security.otp_ttl", s.otp_ttl),
         ("security.lockout", s.lockout),
         ("security.pending_totp_ttl", s.pending_totp_ttl),
+        ("security.sensitive_max_age", s.sensitive_max_age),
     ] {
         if d.as_secs() == 0 {
             return Err(ConfigError::new(k, "must be at least 1s"));
@@ -734,6 +735,7 @@ mod tests {
         assert_eq!(c.storage.key_prefix, "twofa:");
         assert_eq!(c.security.second_factor_ttl.as_secs(), 12 * 3600);
         assert_eq!(c.security.max_consecutive_failures, 100);
+        assert_eq!(c.security.sensitive_max_age.as_secs(), 600);
         assert_eq!(c.totp.issuer, "2FA-Middleware");
         assert_eq!(c.policy.default, Requirement::TwoFa);
         assert_eq!(c.policy.identity_header_prefix, "x-auth-request-");
@@ -841,6 +843,13 @@ mod tests {
         let mut env = base_env();
         env.push(("TWOFA_SECURITY__OTP_TTL".into(), "soon".into()));
         assert_eq!(load(None, env, false).unwrap_err().key, "security.otp_ttl");
+
+        let mut env = base_env();
+        env.push(("TWOFA_SECURITY__SENSITIVE_MAX_AGE".into(), "0s".into()));
+        assert_eq!(
+            load(None, env, false).unwrap_err().key,
+            "security.sensitive_max_age"
+        );
 
         let env = vec![
             (

@@ -187,6 +187,9 @@ pub struct SecurityConfig {
     pub notify_changes: bool,
     pub pending_totp_ttl: Dur,
     pub recovery_code_count: u32,
+    /// Adding, changing or removing a factor or a contact needs a factor
+    /// passed this recently by the same session.
+    pub sensitive_max_age: Dur,
 }
 
 impl Default for SecurityConfig {
@@ -206,6 +209,7 @@ impl Default for SecurityConfig {
             notify_changes: true,
             pending_totp_ttl: Dur::secs(600),
             recovery_code_count: 10,
+            sensitive_max_age: Dur::secs(600),
         }
     }
 }

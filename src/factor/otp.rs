@@ -6,14 +6,15 @@
 //! the Keycloak session that asked for it. A code therefore verifies nothing
 //! else: not another session, not a contact change, not another address.
 //!
-//! Verification compares hashes in constant time, under every configured
-//! key (a code sent before a key rotation still verifies), then consumes the code
-//! with `EphemeralStore::delete_if_eq`, so that of N parallel requests with
-//! the right code exactly one succeeds.
+//! Verification looks the pending code up ([`pending`]), then, once the
+//! caller has taken an attempt from the budget, compares hashes in constant
+//! time, under every configured key (a code sent before a key rotation
+//! still verifies), and consumes the code with
+//! `EphemeralStore::delete_if_eq` ([`compare`]), so that of N parallel
+//! requests with the right code exactly one succeeds.
 //!
-//! Keys (prefix added by the store), `u` = hash of (iss, sub):
-//! `otp:{purpose}:{channel}:u` the pending code (TTL `security.otp_ttl`),
-//! `rs:{channel}:u` the resend timer (TTL `security.otp_resend_interval`).
+//! Keys: [`keys::code`] the pending code (TTL `security.otp_ttl`),
+//! [`keys::resend`] the resend timer (TTL `security.otp_resend_interval`).
 
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{random_digits, KeyRing};
 use crate::error::Error;
-use crate::store::{EphemeralStore, Factor};
+use crate::store::{keys, EphemeralStore, Factor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -77,11 +78,11 @@ pub struct Binding<'a> {
 }
 
 pub fn code_key(purpose: Purpose, channel: Channel, u: &str) -> String {
-    format!("otp:{}:{}:{u}", purpose.as_str(), channel.as_str())
+    keys::code(u, purpose.as_str(), channel.as_str())
 }
 
 pub fn resend_key(channel: Channel, u: &str) -> String {
-    format!("rs:{}:{u}", channel.as_str())
+    keys::resend(u, channel.as_str())
 }
 
 /// The stored form of `code` under `b` (hashed under the first key).
@@ -206,6 +207,52 @@ impl Restore {
     }
 }
 
+/// A code waiting for `purpose` on `channel`, as the store holds it.
+#[derive(Debug)]
+pub struct Pending {
+    key: String,
+    stored: String,
+}
+
+/// The pending code of this purpose and channel, if any. Nothing is
+/// compared yet: the caller takes an attempt from the budget first.
+pub async fn pending(
+    eph: &dyn EphemeralStore,
+    u: &str,
+    purpose: Purpose,
+    channel: Channel,
+) -> Result<Option<Pending>, Error> {
+    let key = code_key(purpose, channel, u);
+    Ok(eph.get(&key).await?.map(|stored| Pending { key, stored }))
+}
+
+/// Compares `input` with the pending code in constant time and, when it
+/// matches, consumes it. A match whose code a parallel request consumed
+/// first (or a newer code replaced meanwhile) is [`Check::NoPending`].
+pub async fn compare(
+    eph: &dyn EphemeralStore,
+    keys: &KeyRing,
+    pending: Pending,
+    b: &Binding<'_>,
+    input: &str,
+) -> Result<Check, Error> {
+    if !matches(keys, &pending.stored, &normalize(input), b) {
+        return Ok(Check::Wrong);
+    }
+    let ttl = eph.ttl(&pending.key).await?;
+    // The stored hash, not a recomputed one: it may be under an older key.
+    if eph.delete_if_eq(&pending.key, &pending.stored).await? {
+        Ok(Check::Consumed(Restore {
+            key: pending.key,
+            hash: pending.stored,
+            ttl,
+        }))
+    } else {
+        Ok(Check::NoPending)
+    }
+}
+
+/// [`pending`] then [`compare`], for callers that hold no budget.
 pub async fn check(
     eph: &dyn EphemeralStore,
     keys: &KeyRing,
@@ -213,24 +260,9 @@ pub async fn check(
     b: &Binding<'_>,
     input: &str,
 ) -> Result<Check, Error> {
-    let key = code_key(b.purpose, b.channel, u);
-    let Some(stored) = eph.get(&key).await? else {
-        return Ok(Check::NoPending);
-    };
-    if !matches(keys, &stored, &normalize(input), b) {
-        return Ok(Check::Wrong);
-    }
-    let ttl = eph.ttl(&key).await?;
-    // The stored hash, not a recomputed one: it may be under an older key.
-    if eph.delete_if_eq(&key, &stored).await? {
-        Ok(Check::Consumed(Restore {
-            key,
-            hash: stored,
-            ttl,
-        }))
-    } else {
-        // A parallel request with the same code consumed it first.
-        Ok(Check::NoPending)
+    match pending(eph, u, b.purpose, b.channel).await? {
+        None => Ok(Check::NoPending),
+        Some(p) => compare(eph, keys, p, b, input).await,
     }
 }
 

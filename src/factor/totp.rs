@@ -155,9 +155,9 @@ impl TotpSecret {
     /// Checks `code` at unix time `now` against the steps within `skew` of
     /// the current one. Every candidate is computed and compared in constant
     /// time; a code of the wrong length or with non-digits never matches.
-    /// Spaces are ignored (apps show "123 456"). On a match, the caller MUST
-    /// record the step with `accept_totp_step` and refuse the code if that
-    /// says it was seen before.
+    /// Spaces are ignored (apps show "123 456"). A match is not yet an
+    /// accepted code: `factor::service` records its step with
+    /// `ProfileStore::accept_totp_step` and refuses a step seen before.
     pub fn verify(&self, code: &str, now: i64, skew: u8) -> Option<StepMatch> {
         let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
         let digits = self.params.digits as usize;
@@ -331,10 +331,10 @@ pub fn base32_decode(s: &str) -> Option<Vec<u8>> {
 // Secrets in the stores: the pending one (session store, with a TTL) and
 // the enrolled one (profile store). Both sealed; see `TotpSecret::seal`.
 
-/// The session-store key of a user's pending secret; `u` is the user's key
-/// in short-lived state (`factor::user_key`, a hash of iss and sub).
+/// The short-lived store's key of a user's pending secret; `u` is the
+/// user's subject hash (`Identity::subject_key`).
 pub fn pending_key(u: &str) -> String {
-    format!("totp_pending:{u}")
+    crate::store::keys::pending_totp(u)
 }
 
 /// What the session store holds for a pending secret: the key id, the

@@ -126,7 +126,7 @@ async fn handle(state: &AppState, body: &[u8]) -> Result<(), Error> {
         .ok_or(Error::InvalidLogoutToken("no jti"))?;
 
     // Section 2.6: a jti seen before within the token's lifetime is a replay.
-    let jti_key = format!("jti:{}", sid_hash(&claims.iss, &jti));
+    let jti_key = crate::store::keys::logout_jti(&sid_hash(&claims.iss, &jti));
     let ttl = Duration::from_secs((exp + leeway - now).clamp(60, 86_400) as u64);
     let fresh = state
         .ephemeral

@@ -7,7 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{SessionIds, SessionStore, StoreError, Verified};
+use super::{
+    keys, lockout_duration, Attempt, AttemptLimits, SessionIds, SessionStore, StoreError, Verified,
+    SERIES_MEMORY,
+};
 use crate::clock::SharedClock;
 
 /// Expired entries are swept when the map grows past this.
@@ -71,10 +74,11 @@ impl MemorySessionStore {
 
 #[async_trait]
 impl SessionStore for MemorySessionStore {
-    async fn get(&self, session: &str) -> Result<Option<Verified>, StoreError> {
+    async fn get(&self, subject: &str, session: &str) -> Result<Option<Verified>, StoreError> {
         let now = self.clock.now();
         let mut g = self.inner.lock();
         match g.sessions.get(session) {
+            Some(e) if e.subject != subject => Ok(None),
             Some(e) if e.expires > now => Ok(Some(e.v)),
             Some(_) => {
                 g.drop_session(session);
@@ -254,6 +258,78 @@ impl super::EphemeralStore for MemoryEphemeralStore {
         let now = self.clock.now();
         let mut g = self.entries.lock();
         Ok(live(&mut g, key, now).map(|(_, exp)| Duration::from_secs((*exp - now).max(0) as u64)))
+    }
+
+    async fn take_attempt(&self, user: &str, limits: AttemptLimits) -> Result<Attempt, StoreError> {
+        let now = self.clock.now();
+        let (att, lock, series) = (
+            keys::attempts(user),
+            keys::lockout(user),
+            keys::lockout_series(user),
+        );
+        // One lock around the whole step: the atomicity the trait promises.
+        let mut g = self.entries.lock();
+        if let Some((_, exp)) = live(&mut g, &lock, now) {
+            return Ok(Attempt::Locked {
+                left: Duration::from_secs((*exp - now).max(0) as u64),
+            });
+        }
+        let count = |v: &str, key: &str| {
+            v.parse::<u64>()
+                .map_err(|_| StoreError::Corrupt(format!("counter {key} is not a number")))
+        };
+        let n = match live(&mut g, &att, now) {
+            Some((v, _)) => {
+                let n = count(v, &att)?.saturating_add(1);
+                *v = n.to_string();
+                n
+            }
+            None => {
+                let exp = expiry(now, limits.lockout);
+                insert(&mut g, &att, "1".into(), exp, now);
+                1
+            }
+        };
+        let max = u64::from(limits.max_attempts.max(1));
+        if n < max {
+            return Ok(Attempt::Granted {
+                n: n as u32,
+                locked_now: None,
+            });
+        }
+        let level = match live(&mut g, &series, now) {
+            Some((v, _)) => count(v, &series)?.saturating_add(1),
+            None => 1,
+        };
+        let d = lockout_duration(limits.lockout, level);
+        insert(
+            &mut g,
+            &series,
+            level.to_string(),
+            expiry(now, d + SERIES_MEMORY),
+            now,
+        );
+        insert(&mut g, &lock, level.to_string(), expiry(now, d), now);
+        g.remove(&att);
+        Ok(Attempt::Granted {
+            n: max as u32,
+            locked_now: Some(d),
+        })
+    }
+
+    async fn clear_attempts(&self, user: &str) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let mut g = self.entries.lock();
+        let mut any = false;
+        for k in [
+            keys::attempts(user),
+            keys::lockout(user),
+            keys::lockout_series(user),
+        ] {
+            any |= live(&mut g, &k, now).is_some();
+            g.remove(&k);
+        }
+        Ok(any)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -8,9 +8,11 @@
 //!   count (PostgreSQL or SQLite).
 //!
 //! Implementations live beside the traits; `tests/it/conformance.rs` holds
-//! the one test suite per trait that every implementation must pass.
+//! the one test suite per trait that every implementation must pass. Every
+//! short-lived key is named in [`keys`].
 
 mod hot;
+pub mod keys;
 pub mod memory;
 pub mod migrations;
 pub mod pg_tls;
@@ -70,8 +72,9 @@ pub enum StoreError {
     Incompatible(String),
 }
 
-/// The keys of one Keycloak session: hashes of (iss, sub, sid), of
-/// (iss, sub) for the subject's index, and of (iss, sid) for back-channel
+/// The names of one Keycloak session: hashes of (iss, sub, sid), of
+/// (iss, sub) for the subject's index (and the Redis Cluster hash tag of
+/// the session's keys, see [`keys`]), and of (iss, sid) for back-channel
 /// logout tokens that name only the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionIds {
@@ -91,11 +94,11 @@ impl SessionIds {
 }
 
 /// Verified second-factor state per Keycloak session. Looked up by the
-/// session hash on the hot path; removable by subject (administrator reset,
-/// logout by `sub`) and by `sid` (logout by session).
+/// subject and session hashes on the hot path; removable by subject
+/// (administrator reset, logout by `sub`) and by `sid` (logout by session).
 #[async_trait]
 pub trait SessionStore: Send + Sync {
-    async fn get(&self, session: &str) -> Result<Option<Verified>, StoreError>;
+    async fn get(&self, subject: &str, session: &str) -> Result<Option<Verified>, StoreError>;
     async fn put(&self, ids: &SessionIds, v: Verified, ttl: Duration) -> Result<(), StoreError>;
     async fn remove(&self, ids: &SessionIds) -> Result<bool, StoreError>;
     /// Removes every session of the subject; returns how many there were.
@@ -178,6 +181,66 @@ pub trait EphemeralStore: Send + Sync {
     /// Remaining lifetime of a key, None when absent.
     async fn ttl(&self, key: &str) -> Result<Option<Duration>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Takes one attempt from `user`'s budget, before any code is looked at,
+    /// in one atomic step (keys [`keys::attempts`], [`keys::lockout`],
+    /// [`keys::lockout_series`]):
+    /// - while the lockout key exists: [`Attempt::Locked`] with its time left;
+    /// - else the counter is incremented (created with TTL `limits.lockout`);
+    ///   the attempt that brings it to `limits.max_attempts` also starts the
+    ///   lockout: the series level is incremented (remembered for the lockout
+    ///   plus [`SERIES_MEMORY`]), the lockout lasts [`lockout_duration`] of
+    ///   that level, and the counter is deleted. Either way
+    ///   [`Attempt::Granted`].
+    ///
+    /// However many requests arrive at once, at most `max_attempts` are
+    /// granted per lockout period.
+    async fn take_attempt(&self, user: &str, limits: AttemptLimits) -> Result<Attempt, StoreError>;
+    /// Removes the counter, the lockout and the series of `user` in one step
+    /// (a right code; an administrator reset); true when any existed.
+    async fn clear_attempts(&self, user: &str) -> Result<bool, StoreError>;
+}
+
+/// The attempt budget's settings (`security.max_attempts`, `security.lockout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptLimits {
+    pub max_attempts: u32,
+    /// The first lockout of a series.
+    pub lockout: Duration,
+}
+
+/// What [`EphemeralStore::take_attempt`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The code may be compared. `n` is this attempt's number (1 to
+    /// `max_attempts`); `locked_now` is the lockout that this attempt
+    /// started, when it was the last one of the budget.
+    Granted {
+        n: u32,
+        locked_now: Option<Duration>,
+    },
+    /// Locked out for `left` more: the code must not be compared.
+    Locked { left: Duration },
+}
+
+/// The longest lockout, whatever the doubling says.
+pub const MAX_LOCKOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// How long the lockout series is remembered after its latest lockout: a
+/// user who gets locked out again within this time waits twice as long.
+pub const SERIES_MEMORY: Duration = Duration::from_secs(24 * 3600);
+
+/// `base * 2^(level-1)`, at most [`MAX_LOCKOUT`]. Level 1 is the first
+/// lockout of a series.
+pub fn lockout_duration(base: Duration, level: u64) -> Duration {
+    let shift = level.saturating_sub(1);
+    if shift >= 24 {
+        // 2^24 times even one second is far beyond the cap.
+        return MAX_LOCKOUT;
+    }
+    base.checked_mul(1u32 << shift)
+        .unwrap_or(MAX_LOCKOUT)
+        .min(MAX_LOCKOUT)
 }
 
 /// A user's profile row (`user_profile`, keyed by the Keycloak `sub`).
@@ -267,8 +330,11 @@ pub trait ProfileStore: Send + Sync {
     /// Deletes one code; false when it was already gone (spent concurrently).
     async fn spend_recovery_code(&self, subject: &str, id: i64) -> Result<bool, StoreError>;
 
-    /// Wrong codes in a row (any factor); increments and returns the new count.
-    async fn record_failure(&self, subject: &str) -> Result<u32, StoreError>;
+    /// One more wrong code in a row (any factor), in one conditional
+    /// statement: the count is incremented only while it is below `cap`, so
+    /// that parallel failures never push it past the cap. Some(new count)
+    /// when it was counted; None when the count had already reached `cap`.
+    async fn record_failure(&self, subject: &str, cap: u32) -> Result<Option<u32>, StoreError>;
     async fn failures(&self, subject: &str) -> Result<u32, StoreError>;
     async fn clear_failures(&self, subject: &str) -> Result<(), StoreError>;
 

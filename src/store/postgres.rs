@@ -621,20 +621,32 @@ impl ProfileStore for PostgresProfileStore {
         .await
     }
 
-    async fn record_failure(&self, subject: &str) -> Result<u32, StoreError> {
+    async fn record_failure(&self, subject: &str, cap: u32) -> Result<Option<u32>, StoreError> {
         let s = subject.to_string();
+        let cap = if cap == 0 {
+            i32::MAX
+        } else {
+            i32::try_from(cap).unwrap_or(i32::MAX)
+        };
         self.with(move |c| {
             Box::pin(async move {
-                let n: i32 = c
-                    .query_one(
+                // One statement: the cap check and the increment cannot be
+                // split by a parallel failure (the upsert locks the row). An
+                // update skipped by its WHERE returns no row.
+                let row = c
+                    .query_opt(
                         "INSERT INTO factor_failure (sub, count) VALUES ($1, 1) \
                          ON CONFLICT (sub) DO UPDATE SET count = factor_failure.count + 1 \
+                         WHERE factor_failure.count < $2 \
                          RETURNING count",
-                        &[&s],
+                        &[&s, &cap],
                     )
-                    .await?
-                    .try_get(0)?;
-                Ok(u32::try_from(n).unwrap_or(0))
+                    .await?;
+                let n: Option<i32> = match row {
+                    Some(r) => Some(r.try_get(0)?),
+                    None => None,
+                };
+                Ok(n.map(|n| u32::try_from(n).unwrap_or(0)))
             })
         })
         .await

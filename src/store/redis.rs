@@ -11,7 +11,10 @@ use bb8_redis::RedisConnectionManager;
 use redis::{FromRedisValue, RedisError};
 
 use super::hot::HotReader;
-use super::{SessionIds, SessionStore, StoreError, Verified};
+use super::{
+    keys, Attempt, AttemptLimits, SessionIds, SessionStore, StoreError, Verified, MAX_LOCKOUT,
+    SERIES_MEMORY,
+};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(1000);
 /// bb8 waits this long for a connection when none is idle, even when every
@@ -141,21 +144,47 @@ impl RedisSessionStore {
         })
     }
 
-    fn session_key(&self, session: &str) -> String {
-        format!("{}sv:{}", self.prefix, session)
+    fn session_key(&self, subject: &str, session: &str) -> String {
+        format!("{}{}", self.prefix, keys::session(subject, session))
     }
 
     fn subject_key(&self, subject: &str) -> String {
-        format!("{}su:{}", self.prefix, subject)
+        format!("{}{}", self.prefix, keys::subject_sessions(subject))
     }
 
     fn sid_key(&self, sid: &str) -> String {
-        format!("{}sd:{}", self.prefix, sid)
+        format!("{}{}", self.prefix, keys::session_by_sid(sid))
+    }
+
+    /// Deletes a session and its entry in the subject's index in one MULTI
+    /// (both in the subject's slot); true when the session existed.
+    async fn drop_session(&self, subject: &str, session: &str) -> Result<bool, StoreError> {
+        let mut p = redis::pipe();
+        p.atomic()
+            .cmd("DEL")
+            .arg(self.session_key(subject, session))
+            .cmd("SREM")
+            .arg(self.subject_key(subject))
+            .arg(session)
+            .ignore();
+        let (n,): (u64,) = run(&self.pool, Req::Pipe(&p)).await?;
+        Ok(n > 0)
+    }
+
+    /// Deletes a sid index entry only while it still names `target`: a newer
+    /// verification of the same `sid` keeps its entry.
+    async fn drop_sid(&self, sid: &str, target: &str) -> Result<(), StoreError> {
+        let script = redis::Script::new(DELETE_IF_EQ);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.sid_key(sid)).arg(target);
+        run::<u64>(&self.pool, Req::Script(&inv)).await.map(|_| ())
     }
 }
 
 /// Deletes every session listed in a subject's index, then the index, in one
-/// step so that a concurrent verification cannot slip between them.
+/// step so that a concurrent verification cannot slip between them. The
+/// session keys share the index's hash tag (`{S}`), so on Redis Cluster they
+/// live in the slot the script runs in.
 const REMOVE_SUBJECT: &str = r#"
 local members = redis.call('SMEMBERS', KEYS[1])
 local n = 0
@@ -166,18 +195,10 @@ redis.call('DEL', KEYS[1])
 return n
 "#;
 
-/// Follows a sid index entry to its session and deletes both.
-const REMOVE_SID: &str = r#"
-local h = redis.call('GET', KEYS[1])
-if not h then return 0 end
-redis.call('DEL', KEYS[1])
-return redis.call('DEL', ARGV[1] .. h)
-"#;
-
 #[async_trait]
 impl SessionStore for RedisSessionStore {
-    async fn get(&self, session: &str) -> Result<Option<Verified>, StoreError> {
-        let raw = self.reads.get(&self.session_key(session)).await?;
+    async fn get(&self, subject: &str, session: &str) -> Result<Option<Verified>, StoreError> {
+        let raw = self.reads.get(&self.session_key(subject, session)).await?;
         match raw {
             None => Ok(None),
             Some(b) => serde_json::from_slice(&b)
@@ -189,18 +210,21 @@ impl SessionStore for RedisSessionStore {
     async fn put(&self, ids: &SessionIds, v: Verified, ttl: Duration) -> Result<(), StoreError> {
         let secs = ttl.as_secs().max(1);
         let value = serde_json::to_string(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // The sid index lives in another slot than the session: its own
+        // step, first, so that a failure leaves at most an entry pointing
+        // at nothing (which logout by sid then finds empty).
+        let mut c = redis::cmd("SET");
+        c.arg(self.sid_key(&ids.sid))
+            .arg(keys::sid_target(&ids.subject, &ids.session))
+            .arg("EX")
+            .arg(secs);
+        run::<()>(&self.pool, Req::Cmd(&c)).await?;
         let skey = self.subject_key(&ids.subject);
         let mut p = redis::pipe();
         p.atomic()
             .cmd("SET")
-            .arg(self.session_key(&ids.session))
+            .arg(self.session_key(&ids.subject, &ids.session))
             .arg(value)
-            .arg("EX")
-            .arg(secs)
-            .ignore()
-            .cmd("SET")
-            .arg(self.sid_key(&ids.sid))
-            .arg(&ids.session)
             .arg("EX")
             .arg(secs)
             .ignore()
@@ -218,36 +242,37 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn remove(&self, ids: &SessionIds) -> Result<bool, StoreError> {
-        let mut p = redis::pipe();
-        p.atomic()
-            .cmd("DEL")
-            .arg(self.session_key(&ids.session))
-            .cmd("SREM")
-            .arg(self.subject_key(&ids.subject))
-            .arg(&ids.session)
-            .ignore()
-            .cmd("DEL")
-            .arg(self.sid_key(&ids.sid))
-            .ignore();
-        let (n,): (u64,) = run(&self.pool, Req::Pipe(&p)).await?;
-        Ok(n > 0)
+        let existed = self.drop_session(&ids.subject, &ids.session).await?;
+        self.drop_sid(&ids.sid, &keys::sid_target(&ids.subject, &ids.session))
+            .await?;
+        Ok(existed)
     }
 
     async fn remove_subject(&self, subject: &str) -> Result<u64, StoreError> {
         let script = redis::Script::new(REMOVE_SUBJECT);
         let mut inv = script.prepare_invoke();
-        inv.key(self.subject_key(subject))
-            .arg(format!("{}sv:", self.prefix));
+        inv.key(self.subject_key(subject)).arg(format!(
+            "{}{}",
+            self.prefix,
+            keys::session(subject, "")
+        ));
         run(&self.pool, Req::Script(&inv)).await
     }
 
     async fn remove_sid(&self, sid: &str) -> Result<bool, StoreError> {
-        let script = redis::Script::new(REMOVE_SID);
-        let mut inv = script.prepare_invoke();
-        inv.key(self.sid_key(sid))
-            .arg(format!("{}sv:", self.prefix));
-        let n: u64 = run(&self.pool, Req::Script(&inv)).await?;
-        Ok(n > 0)
+        let mut c = redis::cmd("GET");
+        c.arg(self.sid_key(sid));
+        let target: Option<String> = run(&self.pool, Req::Cmd(&c)).await?;
+        let Some(target) = target else {
+            return Ok(false);
+        };
+        let existed = match keys::parse_sid_target(&target) {
+            Some((subject, session)) => self.drop_session(subject, session).await?,
+            // Not written by this version: nothing to follow.
+            None => false,
+        };
+        self.drop_sid(sid, &target).await?;
+        Ok(existed)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -296,6 +321,45 @@ if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 return n
+"#;
+
+/// One attempt of the budget (`EphemeralStore::take_attempt`), atomically.
+/// KEYS: the counter, the lockout, the series (one user: one hash tag, one
+/// slot). ARGV: max attempts, first lockout (ms), longest lockout (ms),
+/// series memory (ms). Returns {0, ms left} while locked, else
+/// {1, attempt number, lockout started (ms, 0 for none)}.
+const TAKE_ATTEMPT: &str = r#"
+local left = redis.call('PTTL', KEYS[2])
+if left == -1 then
+  -- A lockout is never written without a TTL; give it one rather than
+  -- locking forever.
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  left = tonumber(ARGV[2])
+end
+if left >= 0 then
+  return {0, left}
+end
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+local max = tonumber(ARGV[1])
+if n < max then
+  return {1, n, 0}
+end
+local level = redis.call('INCR', KEYS[3])
+local d = tonumber(ARGV[2])
+local cap = tonumber(ARGV[3])
+local i = 1
+while i < level and d < cap do
+  d = d * 2
+  i = i + 1
+end
+if d > cap then d = cap end
+redis.call('SET', KEYS[2], level, 'PX', d)
+redis.call('PEXPIRE', KEYS[3], d + tonumber(ARGV[4]))
+redis.call('DEL', KEYS[1])
+return {1, max, d}
 "#;
 
 #[async_trait]
@@ -363,5 +427,39 @@ impl super::EphemeralStore for RedisEphemeralStore {
         let c = redis::cmd("PING");
         let _: String = run(&self.pool, Req::Cmd(&c)).await?;
         Ok(())
+    }
+
+    async fn take_attempt(&self, user: &str, limits: AttemptLimits) -> Result<Attempt, StoreError> {
+        let script = redis::Script::new(TAKE_ATTEMPT);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(&keys::attempts(user)))
+            .key(self.key(&keys::lockout(user)))
+            .key(self.key(&keys::lockout_series(user)))
+            .arg(limits.max_attempts.max(1))
+            .arg(millis(limits.lockout))
+            .arg(millis(MAX_LOCKOUT))
+            .arg(millis(SERIES_MEMORY));
+        let r: Vec<i64> = run(&self.pool, Req::Script(&inv)).await?;
+        match r.as_slice() {
+            [0, left] => Ok(Attempt::Locked {
+                left: Duration::from_millis((*left).max(0) as u64),
+            }),
+            [1, n, d] => Ok(Attempt::Granted {
+                n: u32::try_from(*n).unwrap_or(u32::MAX),
+                locked_now: (*d > 0).then(|| Duration::from_millis(*d as u64)),
+            }),
+            other => Err(StoreError::Corrupt(format!(
+                "take_attempt answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn clear_attempts(&self, user: &str) -> Result<bool, StoreError> {
+        let mut c = redis::cmd("DEL");
+        c.arg(self.key(&keys::attempts(user)))
+            .arg(self.key(&keys::lockout(user)))
+            .arg(self.key(&keys::lockout_series(user)));
+        let n: u64 = run(&self.pool, Req::Cmd(&c)).await?;
+        Ok(n > 0)
     }
 }

@@ -492,17 +492,24 @@ impl ProfileStore for SqliteProfileStore {
         .await
     }
 
-    async fn record_failure(&self, subject: &str) -> Result<u32, StoreError> {
+    async fn record_failure(&self, subject: &str, cap: u32) -> Result<Option<u32>, StoreError> {
         let s = subject.to_string();
+        let cap = if cap == 0 { i64::MAX } else { i64::from(cap) };
         self.with(move |c| {
-            let n: i64 = c.query_row(
-                "INSERT INTO factor_failure (sub, count) VALUES (?1, 1) \
-                 ON CONFLICT (sub) DO UPDATE SET count = factor_failure.count + 1 \
-                 RETURNING count",
-                params![s],
-                |r| r.get(0),
-            )?;
-            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+            // One statement: the cap check and the increment cannot be split
+            // by a parallel failure. An update skipped by its WHERE returns
+            // no row.
+            let n: Option<i64> = c
+                .query_row(
+                    "INSERT INTO factor_failure (sub, count) VALUES (?1, 1) \
+                     ON CONFLICT (sub) DO UPDATE SET count = factor_failure.count + 1 \
+                     WHERE factor_failure.count < ?2 \
+                     RETURNING count",
+                    params![s, cap],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(n.map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
         })
         .await
     }

@@ -28,20 +28,30 @@ impl SessionKey {
         Self(h.finalize().into())
     }
 
+    /// SHA-256 over (iss, sub), newline-separated: the key of a subject's
+    /// short-lived state (the same as `token::subject_hash`).
+    pub fn subject(iss: &str, sub: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(iss.as_bytes());
+        h.update(b"\n");
+        h.update(sub.as_bytes());
+        Self(h.finalize().into())
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
     /// The hex form the session store uses, on the stack (no allocation on
     /// the Check path).
-    pub fn hex(&self) -> SessionKeyHex {
+    pub fn hex(&self) -> HexKey {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 64];
         for (i, b) in self.0.iter().enumerate() {
             out[2 * i] = DIGITS[(b >> 4) as usize];
             out[2 * i + 1] = DIGITS[(b & 0xf) as usize];
         }
-        SessionKeyHex(out)
+        HexKey(out)
     }
 }
 
@@ -53,29 +63,29 @@ impl fmt::Debug for SessionKey {
 
 /// A [`SessionKey`] in lower-case hex, as the session store names it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct SessionKeyHex([u8; 64]);
+pub struct HexKey([u8; 64]);
 
-impl SessionKeyHex {
+impl HexKey {
     pub fn as_str(&self) -> &str {
         // Only ASCII hex digits are ever written into it.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
-impl std::ops::Deref for SessionKeyHex {
+impl std::ops::Deref for HexKey {
     type Target = str;
     fn deref(&self) -> &str {
         self.as_str()
     }
 }
 
-impl fmt::Display for SessionKeyHex {
+impl fmt::Display for HexKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl fmt::Debug for SessionKeyHex {
+impl fmt::Debug for HexKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
     }
@@ -129,6 +139,9 @@ pub struct Identity {
     exp: i64,
     valid_until: i64,
     session_key: Option<SessionKey>,
+    /// SHA-256 of (iss, sub): how short-lived state names this user
+    /// (`store::keys`), computed once like the session key.
+    subject_key: SessionKey,
 }
 
 impl Identity {
@@ -165,6 +178,7 @@ impl Identity {
         }
         ends[GROUPS] = offset(text.len());
         let session_key = p.sid.map(|sid| SessionKey::of(&iss, p.sub, sid));
+        let subject_key = SessionKey::subject(&iss, p.sub);
         Self {
             iss,
             text: text.into_boxed_str(),
@@ -174,6 +188,7 @@ impl Identity {
             exp: p.exp,
             valid_until: p.valid_until,
             session_key,
+            subject_key,
         }
     }
 
@@ -233,6 +248,11 @@ impl Identity {
     /// The session-store key of (iss, sub, sid); `None` without `sid`.
     pub fn session_key(&self) -> Option<&SessionKey> {
         self.session_key.as_ref()
+    }
+    /// The subject hash in hex (`token::subject_hash(iss, sub)`), which names
+    /// this user in short-lived state.
+    pub fn subject_key(&self) -> HexKey {
+        self.subject_key.hex()
     }
 
     /// The same identity with another `preferred_username` (tests build

@@ -10,7 +10,7 @@ mod validate;
 
 pub use cache::{TokenCache, DEFAULT_CAPACITY as DEFAULT_TOKEN_CACHE_CAPACITY};
 pub use dev::DevIssuer;
-pub use identity::{Identity, IdentityParts, SessionKey, SessionKeyHex};
+pub use identity::{HexKey, Identity, IdentityParts, SessionKey};
 pub use jwks::{Jwks, KeySet};
 pub use validate::{parse_algorithms, TokenError, Validator, MAX_TOKEN_LEN};
 

@@ -70,7 +70,7 @@ CONFIG_KEYS = {
     "security": {
         "encryption_keys", "second_factor_ttl", "methods", "otp_length", "otp_ttl",
         "otp_resend_interval", "max_attempts", "lockout", "max_consecutive_failures",
-        "notify_changes", "pending_totp_ttl", "recovery_code_count",
+        "notify_changes", "pending_totp_ttl", "recovery_code_count", "sensitive_max_age",
     },
     "totp": {"issuer", "digits", "period", "algorithm", "skew"},
     "email": {"provider", "from", "smtp_url", "resend_api_key", "resend_api_url"},
@@ -553,7 +553,7 @@ def check_twofa_config(label: str, text: str, secret_dirs: dict | None = None,
     def durations():
         dur_keys = {"keycloak.leeway", "keycloak.jwks_cache_ttl", "keycloak.jwks_min_refresh_interval",
                     "security.second_factor_ttl", "security.otp_ttl", "security.otp_resend_interval",
-                    "security.lockout", "security.pending_totp_ttl"}
+                    "security.lockout", "security.pending_totp_ttl", "security.sensitive_max_age"}
         for dk in dur_keys:
             s, k = dk.split(".")
             if k in cfg.get(s, {}):

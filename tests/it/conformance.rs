@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use twofa_authz::store::{
-    EphemeralStore, Factor, Profile, ProfileStore, ResetReport, SessionIds, SessionStore,
-    TotpRecord, Verified,
+    Attempt, AttemptLimits, EphemeralStore, Factor, Profile, ProfileStore, ResetReport, SessionIds,
+    SessionStore, TotpRecord, Verified,
 };
 
 /// `advance(secs)` must move the store's notion of time forward: a manual
@@ -28,7 +28,7 @@ where
         let _ = store.remove(ids).await.expect("clean start");
     }
     assert_eq!(
-        store.get(&a1.session).await.expect("get"),
+        store.get(&a1.subject, &a1.session).await.expect("get"),
         None,
         "fresh store is empty"
     );
@@ -38,16 +38,22 @@ where
         at: now,
     };
     store.put(&a1, v, ttl).await.expect("put");
-    assert_eq!(store.get(&a1.session).await.expect("get"), Some(v));
     assert_eq!(
-        store.get(&a2.session).await.expect("get"),
+        store.get(&a1.subject, &a1.session).await.expect("get"),
+        Some(v)
+    );
+    assert_eq!(
+        store.get(&a2.subject, &a2.session).await.expect("get"),
         None,
         "sessions are independent"
     );
     // Same sid, other subject: a different session (state belongs to the triple).
     let other_sub_same_sid = SessionIds::new(iss, "mallory", "s1");
     assert_eq!(
-        store.get(&other_sub_same_sid.session).await.expect("get"),
+        store
+            .get(&other_sub_same_sid.subject, &other_sub_same_sid.session)
+            .await
+            .expect("get"),
         None
     );
 
@@ -57,11 +63,17 @@ where
         at: now + 5,
     };
     store.put(&a1, v2, ttl).await.expect("put");
-    assert_eq!(store.get(&a1.session).await.expect("get"), Some(v2));
+    assert_eq!(
+        store.get(&a1.subject, &a1.session).await.expect("get"),
+        Some(v2)
+    );
 
     assert!(store.remove(&a1).await.expect("remove"));
     assert!(!store.remove(&a1).await.expect("remove again"));
-    assert_eq!(store.get(&a1.session).await.expect("get"), None);
+    assert_eq!(
+        store.get(&a1.subject, &a1.session).await.expect("get"),
+        None
+    );
 
     // Removing a subject ends all of its sessions and only those.
     store.put(&a1, v, ttl).await.expect("put");
@@ -74,16 +86,31 @@ where
             .expect("remove_subject"),
         2
     );
-    assert_eq!(store.get(&a1.session).await.expect("get"), None);
-    assert_eq!(store.get(&a2.session).await.expect("get"), None);
-    assert_eq!(store.get(&b3.session).await.expect("get"), Some(v));
+    assert_eq!(
+        store.get(&a1.subject, &a1.session).await.expect("get"),
+        None
+    );
+    assert_eq!(
+        store.get(&a2.subject, &a2.session).await.expect("get"),
+        None
+    );
+    assert_eq!(
+        store.get(&b3.subject, &b3.session).await.expect("get"),
+        Some(v)
+    );
     assert_eq!(store.remove_subject(&a1.subject).await.expect("again"), 0);
 
     // Removing by sid (a logout token without sub) ends exactly that session.
     store.put(&a1, v, ttl).await.expect("put");
     assert!(store.remove_sid(&b3.sid).await.expect("remove_sid"));
-    assert_eq!(store.get(&b3.session).await.expect("get"), None);
-    assert_eq!(store.get(&a1.session).await.expect("get"), Some(v));
+    assert_eq!(
+        store.get(&b3.subject, &b3.session).await.expect("get"),
+        None
+    );
+    assert_eq!(
+        store.get(&a1.subject, &a1.session).await.expect("get"),
+        Some(v)
+    );
     assert!(!store.remove_sid(&b3.sid).await.expect("remove_sid again"));
 
     // Concurrent lookups each get their own session's answer (the Redis
@@ -103,8 +130,11 @@ where
     for (ids, v) in many.iter().step_by(2) {
         store.put(ids, *v, ttl).await.expect("put");
     }
-    let answers =
-        futures::future::join_all(many.iter().map(|(ids, _)| store.get(&ids.session))).await;
+    let answers = futures::future::join_all(
+        many.iter()
+            .map(|(ids, _)| store.get(&ids.subject, &ids.session)),
+    )
+    .await;
     for (i, ((ids, v), got)) in many.iter().zip(answers).enumerate() {
         let expect = if i % 2 == 0 { Some(*v) } else { None };
         assert_eq!(got.expect("concurrent get"), expect, "session {i}");
@@ -116,9 +146,16 @@ where
         .put(&b3, v, Duration::from_secs(1))
         .await
         .expect("put");
-    assert_eq!(store.get(&b3.session).await.expect("get"), Some(v));
+    assert_eq!(
+        store.get(&b3.subject, &b3.session).await.expect("get"),
+        Some(v)
+    );
     advance(2).await;
-    assert_eq!(store.get(&b3.session).await.expect("get"), None, "expired");
+    assert_eq!(
+        store.get(&b3.subject, &b3.session).await.expect("get"),
+        None,
+        "expired"
+    );
     store.remove_subject(&a1.subject).await.expect("cleanup");
 }
 
@@ -228,6 +265,9 @@ where
         "increments are atomic"
     );
 
+    // The attempt budget: refused while locked, one atomic step each.
+    attempt_budget(store.clone(), ns, &advance).await;
+
     // Everything expires with its TTL.
     store
         .set(&k("short"), "x", Duration::from_secs(1))
@@ -264,6 +304,106 @@ where
     for name in ["a", "short-nx", "n", "code"] {
         store.delete(&k(name)).await.expect("cleanup");
     }
+}
+
+/// [`EphemeralStore::take_attempt`] and [`EphemeralStore::clear_attempts`]:
+/// the limit holds under concurrency, the lockout doubles, a clear starts
+/// over. Lockouts here are 1 s (then 2 s), so that Redis runs in real time.
+async fn attempt_budget<F, Fut>(store: Arc<dyn EphemeralStore>, ns: &str, advance: &F)
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let u = format!("budget-{ns}");
+    let v = format!("budget-other-{ns}");
+    let limits = AttemptLimits {
+        max_attempts: 5,
+        lockout: Duration::from_secs(1),
+    };
+    let granted = |n| Attempt::Granted {
+        n,
+        locked_now: None,
+    };
+    let _ = store.clear_attempts(&u).await.expect("clean start");
+    let _ = store.clear_attempts(&v).await.expect("clean start");
+    for n in 1..=4 {
+        assert_eq!(
+            store.take_attempt(&u, limits).await.expect("take"),
+            granted(n)
+        );
+    }
+    assert_eq!(
+        store.take_attempt(&u, limits).await.expect("take"),
+        Attempt::Granted {
+            n: 5,
+            locked_now: Some(Duration::from_secs(1)),
+        },
+        "the last attempt of the budget starts the lockout"
+    );
+    match store.take_attempt(&u, limits).await.expect("take") {
+        Attempt::Locked { left } => assert!(left <= Duration::from_secs(1), "{left:?}"),
+        other => panic!("granted while locked: {other:?}"),
+    }
+    // Every key the budget writes has a TTL (a clear removes them all).
+    assert_eq!(
+        store.take_attempt(&v, limits).await.expect("other user"),
+        granted(1),
+        "users are independent"
+    );
+
+    // The lockout ends; the series remembers it: the next one is twice as
+    // long.
+    advance(2).await;
+    for n in 1..=4 {
+        assert_eq!(
+            store.take_attempt(&u, limits).await.expect("take"),
+            granted(n),
+            "a new budget after the lockout"
+        );
+    }
+    assert_eq!(
+        store.take_attempt(&u, limits).await.expect("take"),
+        Attempt::Granted {
+            n: 5,
+            locked_now: Some(Duration::from_secs(2)),
+        }
+    );
+    // A clear (a right code) lifts the lockout and forgets the series.
+    assert!(store.clear_attempts(&u).await.expect("clear"));
+    assert!(!store.clear_attempts(&u).await.expect("clear again"));
+    assert_eq!(
+        store.take_attempt(&u, limits).await.expect("take"),
+        granted(1)
+    );
+    assert!(store.clear_attempts(&u).await.expect("clear"));
+
+    // 60 at once: exactly `max_attempts` granted, exactly one of them starts
+    // the lockout, the rest refused.
+    let tasks: Vec<_> = (0..60)
+        .map(|_| {
+            let s = store.clone();
+            let u = u.clone();
+            tokio::spawn(async move { s.take_attempt(&u, limits).await.expect("take") })
+        })
+        .collect();
+    let mut numbers = Vec::new();
+    let (mut locking, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.expect("join") {
+            Attempt::Granted { n, locked_now } => {
+                numbers.push(n);
+                locking += usize::from(locked_now.is_some());
+            }
+            Attempt::Locked { .. } => refused += 1,
+        }
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, vec![1, 2, 3, 4, 5], "granted under concurrency");
+    assert_eq!(locking, 1);
+    assert_eq!(refused, 55);
+    assert!(store.clear_attempts(&u).await.expect("cleanup"));
+    // v's counter lived as long as one lockout (1 s): gone by now.
+    assert!(!store.clear_attempts(&v).await.expect("cleanup"));
 }
 
 fn profile(subject: &str, now: i64) -> Profile {
@@ -463,15 +603,23 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
         .await
         .expect("replace bob");
 
-    // Consecutive failures.
+    // Consecutive failures: counted one statement at a time, never past
+    // the cap, however many arrive at once.
+    const NO_CAP: u32 = 1_000;
     assert_eq!(store.failures(&alice).await.expect("failures"), 0);
-    assert_eq!(store.record_failure(&alice).await.expect("fail"), 1);
-    assert_eq!(store.record_failure(&alice).await.expect("fail"), 2);
+    assert_eq!(
+        store.record_failure(&alice, NO_CAP).await.expect("fail"),
+        Some(1)
+    );
+    assert_eq!(
+        store.record_failure(&alice, NO_CAP).await.expect("fail"),
+        Some(2)
+    );
     let tasks: Vec<_> = (0..10)
         .map(|_| {
             let s = store.clone();
             let a = alice.clone();
-            tokio::spawn(async move { s.record_failure(&a).await.expect("fail") })
+            tokio::spawn(async move { s.record_failure(&a, NO_CAP).await.expect("fail") })
         })
         .collect();
     for t in tasks {
@@ -481,7 +629,31 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
     assert_eq!(store.failures(&bob).await.expect("failures"), 0);
     store.clear_failures(&alice).await.expect("clear");
     assert_eq!(store.failures(&alice).await.expect("failures"), 0);
-    assert_eq!(store.record_failure(&alice).await.expect("fail"), 1);
+    // A cap: 30 parallel failures with cap 7 leave exactly 7, and exactly
+    // one of them is the one that reached it.
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let s = store.clone();
+            let a = alice.clone();
+            tokio::spawn(async move { s.record_failure(&a, 7).await.expect("fail") })
+        })
+        .collect();
+    let mut counted = Vec::new();
+    for t in tasks {
+        counted.push(t.await.expect("join"));
+    }
+    let mut got: Vec<u32> = counted.iter().flatten().copied().collect();
+    got.sort_unstable();
+    assert_eq!(got, (1..=7).collect::<Vec<u32>>(), "{counted:?}");
+    assert_eq!(counted.iter().filter(|c| c.is_none()).count(), 23);
+    assert_eq!(store.failures(&alice).await.expect("failures"), 7);
+    assert_eq!(store.record_failure(&alice, 7).await.expect("at cap"), None);
+    assert_eq!(store.failures(&alice).await.expect("failures"), 7);
+    store.clear_failures(&alice).await.expect("clear");
+    assert_eq!(
+        store.record_failure(&alice, 7).await.expect("fail"),
+        Some(1)
+    );
 
     // Administrator reset: factors and failures go, profile and replay
     // protection stay, other users untouched.

@@ -270,12 +270,19 @@ async fn redis_stop_restart_and_session_layout() {
         keys,
         [
             format!(
-                "twofa:sd:{}",
+                "twofa:sd:{{{}}}",
                 twofa_authz::token::sid_hash(key.iss, key.sid)
             ),
-            format!("twofa:su:{}", key.subject_hash()),
-            format!("twofa:sv:{}", key.session_hash()),
+            format!("twofa:su:{{{}}}", key.subject_hash()),
+            format!("twofa:sv:{{{}}}:{}", key.subject_hash(), key.session_hash()),
         ]
+    );
+    // The sid index names both halves of the session's key.
+    let mut con = redis.connection().await;
+    let target: String = redis::AsyncCommands::get(&mut con, &keys[0]).await.unwrap();
+    assert_eq!(
+        target,
+        format!("{}:{}", key.subject_hash(), key.session_hash())
     );
     let port = redis.port();
     redis.stop();

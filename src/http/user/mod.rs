@@ -1,9 +1,9 @@
 //! The `/user` API of INTERFACE.md section 5: profiles and contacts
 //! (`profile`), codes by email and SMS (`otp`), TOTP (`totp`) and recovery
-//! codes (`recovery`). Every route needs a valid
-//! bearer token ([`Auth`]); the profile belongs to the token's `sub`.
+//! codes (`recovery`). Every route needs a valid bearer token ([`Auth`]);
+//! the profile belongs to the token's `sub`. Handlers parse, call the
+//! factor service (`factor::Factors`), render.
 
-mod contact;
 mod otp;
 mod profile;
 mod recovery;
@@ -14,16 +14,17 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
+use axum::Json;
 use axum::Router;
 use http::request::Parts;
+use http::{header, StatusCode};
 
 use crate::app::AppState;
 use crate::authz::bearer;
 use crate::error::Error;
-use crate::store::Profile;
 use crate::token::{Identity, TokenError};
 
-pub use contact::{normalize_email, normalize_mobile};
+pub use crate::factor::contact::{normalize_email, normalize_mobile};
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -71,11 +72,18 @@ impl FromRequestParts<Arc<AppState>> for Auth {
     }
 }
 
-/// The token's profile, 404 `profile_not_found` when there is none yet.
-pub async fn load_profile(state: &AppState, id: &Identity) -> Result<Profile, Error> {
-    state
-        .profiles
-        .get_profile(id.sub())
-        .await?
-        .ok_or(Error::ProfileNotFound)
+/// Answers that carry a secret or recovery codes must not be kept by any
+/// cache between the user and us.
+pub fn no_store(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+/// A typed code: bounded before any work is done on it.
+pub fn bounded_code(name: &str, value: &str, max: usize) -> Result<(), Error> {
+    if value.trim().is_empty() || value.len() > max {
+        return Err(Error::InvalidRequest(format!(
+            "`{name}` is 1 to {max} characters"
+        )));
+    }
+    Ok(())
 }

@@ -8,14 +8,10 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::totp::{method_enabled, no_store, notice_recipients};
-use super::{load_profile, Auth};
+use super::{bounded_code, no_store, Auth};
 use crate::app::AppState;
-use crate::delivery::Notice;
 use crate::error::Error;
-use crate::factor::{self, recovery};
 use crate::http::ApiJson;
-use crate::store::Factor;
 
 /// Longer than any code with generous spacing, short enough to bound work.
 const MAX_CODE_INPUT: usize = 64;
@@ -27,33 +23,14 @@ pub struct VerifyRequest {
 }
 
 /// `POST /user/verify-recovery-code`: spends the code and marks the session
-/// verified with `recovery`. A wrong (or already spent) code counts against
-/// the user's attempt budget.
+/// verified with `recovery`.
 pub async fn verify(
     State(state): State<Arc<AppState>>,
     Auth(id): Auth,
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> Result<Response, Error> {
-    if req.code.trim().is_empty() || req.code.len() > MAX_CODE_INPUT {
-        return Err(Error::InvalidRequest(format!(
-            "`code` is 1 to {MAX_CODE_INPUT} characters"
-        )));
-    }
-    method_enabled(&state, Factor::Recovery)?;
-    load_profile(&state, &id).await?;
-    factor::require_sid(&id)?;
-    factor::guard(&state, &id).await?;
-
-    let Some(remaining) =
-        recovery::redeem(state.profiles.as_ref(), &state.hashing, id.sub(), &req.code).await?
-    else {
-        return Err(factor::wrong_code(&state, &id, Factor::Recovery).await);
-    };
-    factor::mark_session_verified(&state, &id, Factor::Recovery).await?;
-    if let Err(e) = factor::right_code(&state, &id, Factor::Recovery).await {
-        tracing::warn!(error = %e, "could not reset the attempt counters after a success");
-    }
-    tracing::info!(remaining, "recovery code used");
+    bounded_code("code", &req.code, MAX_CODE_INPUT)?;
+    let remaining = state.factors.verify_recovery_code(&id, &req.code).await?;
     Ok(no_store(
         StatusCode::OK,
         json!({ "verified": true, "recovery_codes_remaining": remaining }),
@@ -61,20 +38,11 @@ pub async fn verify(
 }
 
 /// `POST /user/recovery-codes`: a new set replacing the old one, shown once.
-/// Needs a verified session.
 pub async fn regenerate(
     State(state): State<Arc<AppState>>,
     Auth(id): Auth,
 ) -> Result<Response, Error> {
-    method_enabled(&state, Factor::Recovery)?;
-    let p = load_profile(&state, &id).await?;
-    factor::require_verified_session(&state, &id, &p).await?;
-    let n = state.cfg.security.recovery_code_count as usize;
-    let codes = recovery::issue(state.profiles.as_ref(), &state.hashing, id.sub(), n).await?;
-    tracing::info!("recovery codes regenerated");
-    state
-        .delivery
-        .notify(notice_recipients(&p, &id), Notice::RecoveryCodesRegenerated);
+    let codes = state.factors.regenerate_recovery_codes(&id).await?;
     Ok(no_store(
         StatusCode::CREATED,
         json!({ "recovery_codes": codes }),

@@ -87,19 +87,30 @@ impl RedisServer {
     /// never a route of the service.
     pub async fn mark_verified(&self, key: &SessionKey<'_>, factor: &str, at: i64, ttl: Duration) {
         let mut con = self.connection().await;
-        // The service's own key names, so a layout change cannot drift apart.
+        // The service's own key names (`store::keys`), so that a layout
+        // change cannot drift apart.
+        use twofa_authz::store::keys;
         let ids = twofa_authz::store::SessionIds::new(key.iss, key.sub, key.sid);
         let value = serde_json::json!({ "f": factor, "at": at }).to_string();
         let ttl = ttl.as_secs().max(1);
+        let p = key.prefix;
         let _: () = con
-            .set_ex(format!("{}sv:{}", key.prefix, ids.session), value, ttl)
+            .set_ex(
+                format!("{p}{}", keys::session(&ids.subject, &ids.session)),
+                value,
+                ttl,
+            )
             .await
             .expect("SET the verified session");
         let _: () = con
-            .set_ex(format!("{}sd:{}", key.prefix, ids.sid), &ids.session, ttl)
+            .set_ex(
+                format!("{p}{}", keys::session_by_sid(&ids.sid)),
+                keys::sid_target(&ids.subject, &ids.session),
+                ttl,
+            )
             .await
             .expect("SET the sid index");
-        let index = format!("{}su:{}", key.prefix, ids.subject);
+        let index = format!("{p}{}", keys::subject_sessions(&ids.subject));
         let _: () = con
             .sadd(&index, &ids.session)
             .await

@@ -1,4 +1,5 @@
-//! Input checks for contacts: email syntax and mobile numbers in E.164.
+//! Contacts as input: email syntax and mobile numbers in E.164, valid under
+//! their country's numbering plan (INTERFACE.md section 5).
 
 use std::str::FromStr;
 
