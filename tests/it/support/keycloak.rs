@@ -155,6 +155,11 @@ pub struct Keycloak {
     state: Arc<State>,
     addr: SocketAddr,
     server: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
+    /// While stopped: the address, bound but not listening, so connections
+    /// are refused and nothing else on the machine (an outgoing connection's
+    /// ephemeral port, another test's server) can take the port before
+    /// [`Keycloak::restart`].
+    parked: Mutex<Option<socket2::Socket>>,
 }
 
 impl Keycloak {
@@ -180,6 +185,7 @@ impl Keycloak {
             state,
             addr,
             server: Mutex::new(None),
+            parked: Mutex::new(None),
         };
         keycloak.serve(listener);
         keycloak
@@ -249,25 +255,36 @@ impl Keycloak {
     pub async fn stop(&self) {
         self.state.down.store(true, Ordering::SeqCst);
         let server = self.server.lock().take();
-        if let Some((stop, task)) = server {
+        if let Some((stop, mut task)) = server {
             let _ = stop.send(true);
             // Graceful shutdown waits for open connections; a client holding one
             // open must not keep the server "up", so stop waiting after a moment.
-            if tokio::time::timeout(Duration::from_secs(2), task)
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
                 .await
                 .is_err()
             {
                 eprintln!("keycloak stand-in: connections still open after stop");
+                task.abort();
+                let _ = task.await;
             }
+        }
+        if self.parked.lock().is_none() {
+            *self.parked.lock() = Some(park(self.addr));
         }
     }
 
     /// Brings the server back on the same address after [`Keycloak::stop`].
     pub async fn restart(&self) {
         self.stop().await;
-        let listener = tokio::net::TcpListener::bind(self.addr)
-            .await
-            .expect("re-bind the Keycloak stand-in on its old port");
+        let socket = self
+            .parked
+            .lock()
+            .take()
+            .expect("the stopped stand-in holds its port");
+        socket.listen(1024).expect("listen on the parked port");
+        socket.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(socket.into())
+            .expect("the parked port as a Tokio listener");
         self.state.down.store(false, Ordering::SeqCst);
         self.serve(listener);
     }
@@ -281,6 +298,22 @@ impl Keycloak {
     pub fn discovery_fetches(&self) -> usize {
         self.state.discovery_fetches.load(Ordering::SeqCst)
     }
+}
+
+/// The address bound without listening: a connection to it is refused.
+fn park(addr: SocketAddr) -> socket2::Socket {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .expect("a socket to park the stand-in's port");
+    // The old listener's accepted connections may sit in TIME_WAIT.
+    socket.set_reuse_address(true).unwrap();
+    socket
+        .bind(&addr.into())
+        .expect("park the Keycloak stand-in's port while it is down");
+    socket
 }
 
 impl Drop for Keycloak {
