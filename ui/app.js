@@ -450,7 +450,7 @@
     for (const m of p.methods) {
       const li = document.createElement('li');
       li.textContent = m === 'recovery'
-        ? factorName(m) + ': ' + t("recovery_codes_remaining", { count: p.recovery_codes_remaining })
+        ? t("recovery_codes_remaining", { count: p.recovery_codes_remaining })
         : factorName(m);
       li.setAttribute('data-method', m);
       list.append(li);
@@ -773,7 +773,10 @@
     on('mobile-form', 'submit', (ev) => changeContact(ev, 'mobile'));
     on('email-code-form', 'submit', (ev) => confirmContact(ev, 'email'));
     on('mobile-code-form', 'submit', (ev) => confirmContact(ev, 'mobile'));
-    if (cfg.rd_rejected) showError(t("rd_rejected"));
+    if (cfg.rd_rejected) {
+      $('rd-note').textContent = t("rd_rejected");
+      $('rd-note').hidden = false;
+    }
     const p = authorizationResponse();
     if (p) {
       show(['loading']);

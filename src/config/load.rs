@@ -230,7 +230,11 @@ fn apply_dev(cfg: &mut Config) {
     // Mailpit) still gets the mail: it does not leave the machine either,
     // and it lets a developer try the email flows end to end.
     if !(cfg.email.provider == "smtp"
-        && cfg.email.smtp_url.as_ref().is_some_and(|u| is_loopback_url(u.expose())))
+        && cfg
+            .email
+            .smtp_url
+            .as_ref()
+            .is_some_and(|u| is_loopback_url(u.expose())))
     {
         cfg.email.provider = "log".into();
     }
@@ -252,13 +256,17 @@ fn apply_dev(cfg: &mut Config) {
 
 /// `smtp://127.0.0.1:1025?tls=none`, `smtp://localhost:25`, `smtp://[::1]:1025`.
 fn is_loopback_url(u: &str) -> bool {
-    match url::Url::parse(u).ok().and_then(|u| u.host().map(|h| h.to_owned())) {
+    match url::Url::parse(u)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         // `smtp:` is not a special scheme: its IPv4 hosts stay "domains".
         Some(url::Host::Domain(d)) => {
             d.eq_ignore_ascii_case("localhost")
-                || d.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                || d.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
         }
         None => false,
     }
@@ -724,7 +732,11 @@ mod tests {
         for bad in ["", "a b", "x\u{7}"] {
             let mut env = base_env();
             env.push(("TWOFA_UI__CLIENT_ID".into(), bad.into()));
-            assert_eq!(load(None, env, false).unwrap_err().key, "ui.client_id", "{bad:?}");
+            assert_eq!(
+                load(None, env, false).unwrap_err().key,
+                "ui.client_id",
+                "{bad:?}"
+            );
         }
         let mut env = base_env();
         env.push(("TWOFA_UI__COLOUR".into(), "red".into()));
@@ -739,7 +751,10 @@ mod tests {
                 ("TWOFA_EMAIL__FROM".into(), "dev <dev@localhost>".into()),
                 ("TWOFA_EMAIL__SMTP_URL".into(), url.into()),
                 ("TWOFA_SMS__PROVIDER".into(), "webhook".into()),
-                ("TWOFA_SMS__WEBHOOK_URL".into(), "http://127.0.0.1:9/x".into()),
+                (
+                    "TWOFA_SMS__WEBHOOK_URL".into(),
+                    "http://127.0.0.1:9/x".into(),
+                ),
             ];
             load(None, env, true).unwrap()
         };

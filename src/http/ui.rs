@@ -133,10 +133,9 @@ async fn index(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()));
-    let rd = q
-        .rd
-        .as_deref()
-        .and_then(|rd| safe_redirect(rd, authority, &allowed));
+    let rd =
+        q.rd.as_deref()
+            .and_then(|rd| safe_redirect(rd, authority, &allowed));
 
     let (oidc, oidc_error) = match (&cfg.ui.client_id, state.dev.is_some()) {
         (Some(client_id), false) => match ui.endpoints(&state).await {
@@ -682,8 +681,14 @@ mod tests {
         ] {
             assert_eq!(safe_redirect(rd, HOST, &allowed()), None, "{rd:?}");
         }
-        assert_eq!(safe_redirect(&format!("/{}", "a".repeat(3000)), HOST, &[]), None);
-        assert_eq!(safe_redirect("https://x.example/", None, &["*".into()]), None);
+        assert_eq!(
+            safe_redirect(&format!("/{}", "a".repeat(3000)), HOST, &[]),
+            None
+        );
+        assert_eq!(
+            safe_redirect("https://x.example/", None, &["*".into()]),
+            None
+        );
     }
 
     #[test]
@@ -704,7 +709,10 @@ mod tests {
             accept_language("fr-CH, fr;q=0.9, de;q=0.95, *;q=0.5, en;q=0"),
             vec!["fr-CH", "de", "fr"]
         );
-        assert_eq!(accept_language("de-DE,de;q=0.9,en;q=0.8"), vec!["de-DE", "de", "en"]);
+        assert_eq!(
+            accept_language("de-DE,de;q=0.9,en;q=0.8"),
+            vec!["de-DE", "de", "en"]
+        );
         assert_eq!(accept_language("en;q=x, de;q=2"), Vec::<String>::new());
         assert!(accept_language(&"de,".repeat(10_000)).len() <= MAX_LANGUAGE_RANGES);
         let l = Locales::embedded();
@@ -735,7 +743,10 @@ mod tests {
         let back: Value = serde_json::from_str(block).unwrap();
         assert_eq!(back["x"], "</script><script>alert(1)</script><!--");
         assert!(html.contains("<html lang=\"descript\""), "{html}");
-        assert!(html.contains("<title>&lt;b&gt;T&lt;/b&gt;</title>"), "{html}");
+        assert!(
+            html.contains("<title>&lt;b&gt;T&lt;/b&gt;</title>"),
+            "{html}"
+        );
         // The only script the page runs is its own file.
         assert_eq!(html.matches("<script").count(), 2);
         assert!(html.contains(&format!("src=\"app.js?v={}\"", js_version())));
@@ -746,8 +757,23 @@ mod tests {
     fn the_page_loads_nothing_from_elsewhere() {
         let everywhere = ["http://", "https://", "//cdn", "<iframe"];
         for (name, text, own) in [
-            ("index.html", INDEX_HTML, &[" style=", " onclick=", " onload=", " onerror="][..]),
-            ("app.js", APP_JS, &["eval(", "innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "new Function"][..]),
+            (
+                "index.html",
+                INDEX_HTML,
+                &[" style=", " onclick=", " onload=", " onerror="][..],
+            ),
+            (
+                "app.js",
+                APP_JS,
+                &[
+                    "eval(",
+                    "innerHTML",
+                    "outerHTML",
+                    "insertAdjacentHTML",
+                    "document.write",
+                    "new Function",
+                ][..],
+            ),
             ("app.css", APP_CSS, &["@import", "url("][..]),
         ] {
             for bad in everywhere.iter().chain(own) {
@@ -787,7 +813,10 @@ mod tests {
             "end_session_endpoint": "javascript:alert(1)",
         });
         let e = endpoints_from(&doc, iss).unwrap();
-        assert_eq!(e.token_endpoint, format!("{iss}/protocol/openid-connect/token"));
+        assert_eq!(
+            e.token_endpoint,
+            format!("{iss}/protocol/openid-connect/token")
+        );
         assert_eq!(e.end_session_endpoint, None);
         assert!(endpoints_from(&doc, "https://sso.example.com/realms/other").is_err());
         let mut bad = doc.clone();
@@ -819,7 +848,9 @@ mod tests {
             for c in &codes {
                 let key = format!("error.{c}");
                 assert!(
-                    ui.get(&key).and_then(Value::as_str).is_some_and(|s| !s.is_empty()),
+                    ui.get(&key)
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| !s.is_empty()),
                     "{}: no ui.{key}",
                     l.tag()
                 );
