@@ -89,6 +89,8 @@
   }
 
   function showStatus(text) {
+    // A success ends any countdown still ticking in the error line.
+    stopCountdown();
     const s = $('status');
     s.textContent = text;
     s.hidden = false;

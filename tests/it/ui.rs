@@ -30,6 +30,7 @@ use crate::support::upstream::Upstream;
 use crate::user_totp::{oathtool, parse_uri, zbarimg};
 
 const NEW_EMAIL: &str = "alice@example.net";
+const MOBILE: &str = "+14155550123";
 const UI_CLIENT: &str = "twofa-ui";
 
 /// `twofa-authz serve --dev --config FILE` in a temp working directory.
@@ -363,6 +364,23 @@ async fn nth_code(smtp: &SmtpServer, addr: &str, subject: &str, n: usize) -> Str
     codes_in_mail(smtp, addr, subject)[n - 1].clone()
 }
 
+/// The code of the `n`th SMS with a verification code that dev mode logged.
+async fn nth_sms_code(dev: &Dev, n: usize) -> String {
+    let codes = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("verification code"))
+            .filter_map(|l| code_after(l, "DEV MODE SMS (not sent):"))
+            .collect()
+    };
+    let ok = poll_until(Duration::from_secs(15), || {
+        let got = codes(&dev.log()).len();
+        async move { got >= n }
+    })
+    .await;
+    assert!(ok, "no SMS #{n} in the log:\n{}", dev.log());
+    codes(&dev.log())[n - 1].clone()
+}
+
 async fn wait_download(b: &Browser, name: &str) -> String {
     let path = b.downloads().join(name);
     let ok = poll_until(Duration::from_secs(15), || {
@@ -383,7 +401,7 @@ async fn ui_dev_mode_whole_flow_in_chromium() {
     let allowed = format!("http://127.0.0.1:{}", other_app.port());
     let dev = Dev::start(
         &format!(
-            "[server]\ncors_allowed_origins = [{}]\n\n[security]\notp_resend_interval = \"10s\"\n\n\
+            "[server]\ncors_allowed_origins = [{}]\n\n[security]\notp_resend_interval = \"10s\"\nmax_consecutive_failures = 2\n\n\
              [email]\nprovider = \"smtp\"\nfrom = \"2FA <no-reply@example.com>\"\nsmtp_url = {}\n",
             toml_string(&allowed),
             toml_string(&smtp.url())
@@ -398,16 +416,29 @@ async fn ui_dev_mode_whole_flow_in_chromium() {
     b.goto(&base).await;
     b.visible("#dev-username").await;
     assert_eq!(b.focused_id().await, "dev-username");
-    for id in ["dev-username", "dev-email"] {
-        let label = b
-            .exec(&format!(
-                "return document.querySelector('label[for={id}]').textContent"
-            ))
-            .await;
-        assert!(
-            !label.as_str().unwrap_or_default().is_empty(),
-            "label of #{id}"
-        );
+    // Every field of the page has a label; every code field is a one-time
+    // code for the browser and the phone's keyboard.
+    let unlabelled = b
+        .exec(
+            "return [...document.querySelectorAll('input')].filter(i => { \
+               const l = document.querySelector('label[for=\"' + i.id + '\"]'); \
+               return !i.id || !l || !l.textContent.trim(); }).map(i => i.id || i.name)",
+        )
+        .await;
+    assert_eq!(unlabelled, serde_json::json!([]), "inputs without a label");
+    let code_fields = b
+        .exec(
+            "return [...document.querySelectorAll('input[id$=\"-code\"]')].map(i => \
+               [i.id, i.getAttribute('autocomplete'), i.getAttribute('inputmode')])",
+        )
+        .await;
+    let code_fields = code_fields.as_array().unwrap().clone();
+    assert!(code_fields.len() >= 7, "{code_fields:?}");
+    for f in &code_fields {
+        assert_eq!(f[1], "one-time-code", "{f}");
+        if f[0] != "v-recovery-code" {
+            assert_eq!(f[2], "numeric", "{f}");
+        }
     }
     b.shot("sign-in").await;
     b.keys("alice").await;
@@ -441,20 +472,6 @@ async fn ui_dev_mode_whole_flow_in_chromium() {
     let secret = b.text("#enroll-secret").await.replace(' ', "");
     let params = parse_uri(&uri);
     assert_eq!(secret, params.secret, "the secret for manual entry");
-    for (id, mode) in [
-        ("enroll-code", "numeric"),
-        ("v-totp-code", "numeric"),
-        ("v-email-code", "numeric"),
-    ] {
-        assert_eq!(
-            b.attr(&format!("#{id}"), "autocomplete").await.as_deref(),
-            Some("one-time-code")
-        );
-        assert_eq!(
-            b.attr(&format!("#{id}"), "inputmode").await.as_deref(),
-            Some(mode)
-        );
-    }
     // `oathtool --totp -b SECRET` with the secret read from the page.
     let mut from_page = parse_uri(&uri);
     from_page.secret = secret.clone();
@@ -539,6 +556,17 @@ async fn ui_dev_mode_whole_flow_in_chromium() {
         .await;
     b.hidden("#email-code-form").await;
     b.shot("email-changed").await;
+    // The mobile number: dev mode writes SMS to its log.
+    b.fill("#new-mobile", MOBILE).await;
+    b.click("#mobile-form button[type=submit]").await;
+    b.visible("#mobile-code-form").await;
+    let code = nth_sms_code(&dev, 1).await;
+    b.fill("#mobile-code", &code).await;
+    b.click("#mobile-code-form button[type=submit]").await;
+    b.text_contains("#acc-mobile", &format!("{MOBILE} (verified)"))
+        .await;
+    b.text_contains("#acc-factors", "Code by SMS").await;
+    b.shot("mobile-changed").await;
 
     // 6. A code by email, with the resend countdown, back to an allowed origin.
     let target = format!("{allowed}/back?from=ui");
@@ -608,8 +636,21 @@ async fn ui_dev_mode_whole_flow_in_chromium() {
     b.text_contains("#verify-why", "needs a recent second factor")
         .await;
     b.shot("recent-factor-needed").await;
-    b.fill("#v-recovery-code", &codes[1]).await;
-    b.click("#v-recovery button[type=submit]").await;
+    // A code by SMS this time (it may have to wait out the resend timer
+    // of the mobile's confirmation code).
+    b.click("#v-sms-send").await;
+    let sent = poll_until(Duration::from_secs(10), || async {
+        b.is_displayed("#v-sms-form").await || !b.is_enabled("#v-sms-send").await
+    })
+    .await;
+    assert!(sent);
+    if !b.is_displayed("#v-sms-form").await {
+        b.click("#v-sms-send").await;
+    }
+    b.text_contains("#v-sms-sent", "A code was sent to +").await;
+    let code = nth_sms_code(&dev, 2).await;
+    b.fill("#v-sms-code", &code).await;
+    b.click("#v-sms-form button[type=submit]").await;
     b.text_contains("#status", "The authenticator app was removed")
         .await;
     b.visible("#act-enroll").await;
@@ -669,6 +710,31 @@ async fn ui_dev_mode_whole_flow_in_chromium() {
         ("http", "/ui/"),
         "rd={other_scheme} was followed"
     );
+
+    // Wrong codes: the attempts left, then (max_consecutive_failures = 2)
+    // the lock, which only an administrator lifts.
+    b.goto(&base).await;
+    dev_sign_in(&b, "alice").await;
+    b.fill("#v-recovery-code", "AAAA-BBBB-CCCC-DDDD-EEEE").await;
+    b.click("#v-recovery button[type=submit]").await;
+    b.text_contains("#error", "That code is not right. Attempts left: 4.")
+        .await;
+    b.shot("wrong-code").await;
+    let mut locked = false;
+    for _ in 0..3 {
+        b.fill("#v-recovery-code", "AAAA-BBBB-CCCC-DDDD-EEEE").await;
+        b.click("#v-recovery button[type=submit]").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if b.text("#error")
+            .await
+            .contains("contact your administrator")
+        {
+            locked = true;
+            break;
+        }
+    }
+    assert!(locked, "no 423 message: {}", b.text("#error").await);
+    b.shot("factor-locked").await;
 
     // No token and no code in web storage, ever.
     assert_eq!(b.exec("return localStorage.length").await, 0);

@@ -196,6 +196,13 @@ impl Browser {
         }
     }
 
+    pub async fn is_enabled(&self, css: &str) -> bool {
+        match self.client.find(Locator::Css(css)).await {
+            Ok(e) => e.is_enabled().await.unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
     pub async fn is_displayed(&self, css: &str) -> bool {
         match self.client.find(Locator::Css(css)).await {
             Ok(e) => e.is_displayed().await.unwrap_or(false),
