@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use serde::Serialize;
@@ -78,11 +78,11 @@ pub fn routes(state: &AppState) -> Router<Arc<AppState>> {
 
 /// Relative links of the page (`app.js`, `../user`) resolve from `/ui/`.
 async fn to_slash(uri: Uri) -> Response {
-    let target = match uri.query() {
-        Some(q) => format!("/ui/?{q}"),
-        None => "/ui/".into(),
-    };
-    Redirect::permanent(&target).into_response()
+    let target = uri
+        .query()
+        .and_then(|q| HeaderValue::from_str(&format!("/ui/?{q}")).ok())
+        .unwrap_or(HeaderValue::from_static("/ui/"));
+    (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, target)]).into_response()
 }
 
 /// The query of `/ui/`: `rd` (where to go once a factor is passed) and
@@ -340,13 +340,29 @@ fn render_index(lang: &str, config: &Value) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .collect();
     let text = |k: &str| html_escape(config["strings"][k].as_str().unwrap_or_default());
-    INDEX_HTML
-        .replace("__LANG__", &lang)
-        .replace("__TITLE__", &text("title"))
-        .replace("__NOSCRIPT__", &text("noscript"))
-        .replace("__APP_CSS__", &format!("app.css?v={}", css_version()))
-        .replace("__APP_JS__", &format!("app.js?v={}", js_version()))
-        .replace("__CONFIG__", &json)
+    let values = [
+        ("__LANG__", lang),
+        ("__TITLE__", text("title")),
+        ("__NOSCRIPT__", text("noscript")),
+        ("__APP_CSS__", format!("app.css?v={}", css_version())),
+        ("__APP_JS__", format!("app.js?v={}", js_version())),
+        ("__CONFIG__", json),
+    ];
+    // One pass over the template: a value is never searched for markers.
+    let mut out =
+        String::with_capacity(INDEX_HTML.len() + values.iter().map(|v| v.1.len()).sum::<usize>());
+    let mut rest = INDEX_HTML;
+    while let Some((at, (marker, value))) = values
+        .iter()
+        .filter_map(|v| rest.find(v.0).map(|i| (i, v)))
+        .min_by_key(|(i, _)| *i)
+    {
+        out.push_str(&rest[..at]);
+        out.push_str(value);
+        rest = &rest[at + marker.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn html_escape(s: &str) -> String {
@@ -731,7 +747,7 @@ mod tests {
             &json!({
                 "x": "</script><script>alert(1)</script><!--",
                 "y": "a&b",
-                "strings": { "title": "<b>T</b>", "noscript": "x" },
+                "strings": { "title": "<b>T</b> __CONFIG__", "noscript": "x" },
             }),
         );
         let block = html
@@ -744,13 +760,23 @@ mod tests {
         assert_eq!(back["x"], "</script><script>alert(1)</script><!--");
         assert!(html.contains("<html lang=\"descript\""), "{html}");
         assert!(
-            html.contains("<title>&lt;b&gt;T&lt;/b&gt;</title>"),
+            html.contains("<title>&lt;b&gt;T&lt;/b&gt; __CONFIG__</title>"),
             "{html}"
         );
         // The only script the page runs is its own file.
         assert_eq!(html.matches("<script").count(), 2);
         assert!(html.contains(&format!("src=\"app.js?v={}\"", js_version())));
-        assert!(!html.contains("__"), "every placeholder is filled");
+        for m in [
+            "__LANG__",
+            "__TITLE__",
+            "__NOSCRIPT__",
+            "__APP_CSS__",
+            "__APP_JS__",
+        ] {
+            assert!(!html.contains(m), "{m} is filled");
+        }
+        // The title's own text (and its copy in the JSON) is never expanded.
+        assert_eq!(html.matches("__CONFIG__").count(), 2);
     }
 
     #[test]
