@@ -2,7 +2,8 @@
 # The test command: what a developer types and what CI (.ci/run) runs.
 #
 # On a fresh Debian machine it installs what is missing (nginx with headers-more,
-# caddy, redis-server, postgresql, zbar-tools, oathtool; Envoy and aiosmtpd into the local
+# caddy, redis-server, postgresql, zbar-tools, oathtool, chromium and
+# chromium-driver for the /ui/ browser tests; Envoy and aiosmtpd into the local
 # venv .venv-test/), then runs formatting, clippy and every test. The tests start
 # their own throwaway services on free loopback ports: nothing already running on
 # the machine is used or disturbed.
@@ -65,6 +66,9 @@ install_system_packages() {
     [[ -n $(pg_bindir) && -x $(pg_bindir)/initdb ]] || missing+=(postgresql)
     command -v zbarimg >/dev/null || missing+=(zbar-tools)
     command -v oathtool >/dev/null || missing+=(oathtool)
+    # The /ui/ page's tests drive a real headless Chromium over WebDriver.
+    [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+    [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
     command -v python3 >/dev/null || missing+=(python3)
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
     if ((${#missing[@]} == 0)); then
@@ -119,7 +123,10 @@ export_tool_paths() {
     TWOFA_TEST_REDIS=$(command -v redis-server)
     TWOFA_TEST_PG_BINDIR=$(pg_bindir)
     TWOFA_TEST_PYTHON=$VENV/bin/python
-    export TWOFA_TEST_ENVOY TWOFA_TEST_NGINX TWOFA_TEST_CADDY TWOFA_TEST_REDIS TWOFA_TEST_PG_BINDIR TWOFA_TEST_PYTHON
+    TWOFA_TEST_CHROMIUM=/usr/bin/chromium
+    TWOFA_TEST_CHROMEDRIVER=/usr/bin/chromedriver
+    export TWOFA_TEST_ENVOY TWOFA_TEST_NGINX TWOFA_TEST_CADDY TWOFA_TEST_REDIS TWOFA_TEST_PG_BINDIR TWOFA_TEST_PYTHON \
+        TWOFA_TEST_CHROMIUM TWOFA_TEST_CHROMEDRIVER
     echo "TWOFA_TEST_ENVOY=$TWOFA_TEST_ENVOY"
     "$TWOFA_TEST_ENVOY" --version | grep -v '^$' || return 1
     echo "TWOFA_TEST_NGINX=$TWOFA_TEST_NGINX"
@@ -127,6 +134,10 @@ export_tool_paths() {
     echo "TWOFA_TEST_REDIS=$TWOFA_TEST_REDIS"
     echo "TWOFA_TEST_PG_BINDIR=$TWOFA_TEST_PG_BINDIR"
     echo "TWOFA_TEST_PYTHON=$TWOFA_TEST_PYTHON"
+    echo "TWOFA_TEST_CHROMIUM=$TWOFA_TEST_CHROMIUM"
+    "$TWOFA_TEST_CHROMIUM" --version 2>/dev/null || return 1
+    echo "TWOFA_TEST_CHROMEDRIVER=$TWOFA_TEST_CHROMEDRIVER"
+    "$TWOFA_TEST_CHROMEDRIVER" --version || return 1
 }
 
 # The example proxy configs must load as shipped (the tests run them too, with

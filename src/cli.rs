@@ -164,6 +164,7 @@ fn warn_dev(http: &SocketAddr) {
         "\n\
          ************************************************************************\n\
          *  DEVELOPMENT MODE: NOT FOR PRODUCTION                                *\n\
+         *  - try it in a browser: http://{http}/ui/\n\
          *  - tokens come from a built-in issuer: POST http://{http}/dev/token\n\
          *  - one-time codes are written to this log instead of being sent      *\n\
          *  - data in ./twofa-dev.db is encrypted with a publicly known key     *\n\

@@ -226,7 +226,18 @@ fn resolve_secret_files(tree: &mut Value) -> Result<(), ConfigError> {
 fn apply_dev(cfg: &mut Config) {
     cfg.storage.database_url = SecretUrl::new("sqlite://./twofa-dev.db");
     cfg.storage.redis_url = SecretUrl::new("memory://");
-    cfg.email.provider = "log".into();
+    // A local mail catcher (an SMTP server on a loopback address, e.g.
+    // Mailpit) still gets the mail: it does not leave the machine either,
+    // and it lets a developer try the email flows end to end.
+    if !(cfg.email.provider == "smtp"
+        && cfg
+            .email
+            .smtp_url
+            .as_ref()
+            .is_some_and(|u| is_loopback_url(u.expose())))
+    {
+        cfg.email.provider = "log".into();
+    }
     cfg.sms.provider = "log".into();
     // The dev issuer signs with Ed25519 (a key generated at start).
     cfg.keycloak.algorithms = vec!["EdDSA".into()];
@@ -240,6 +251,24 @@ fn apply_dev(cfg: &mut Config) {
         cfg.security.encryption_keys = SecretList(vec![Secret::new(
             "dev:ZGV2LW1vZGUta2V5LW5vdC1zZWNyZXQtMDAwMDAwMDA=",
         )]);
+    }
+}
+
+/// `smtp://127.0.0.1:1025?tls=none`, `smtp://localhost:25`, `smtp://[::1]:1025`.
+fn is_loopback_url(u: &str) -> bool {
+    match url::Url::parse(u)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        // `smtp:` is not a special scheme: its IPv4 hosts stay "domains".
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost")
+                || d.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        None => false,
     }
 }
 
@@ -616,6 +645,17 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         }
     }
 
+    if let Some(id) = &c.ui.client_id {
+        // It goes into the authorization request's query and the token
+        // request's form: printable, bounded (Keycloak's client ids are).
+        if id.is_empty() || id.len() > 255 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                "ui.client_id",
+                "1-255 printable characters without spaces (the Keycloak client id)",
+            ));
+        }
+    }
+
     if !["text", "json"].contains(&c.log.format.as_str()) {
         return Err(ConfigError::new(
             "log.format",
@@ -676,6 +716,61 @@ mod tests {
             ("TWOFA_KEYCLOAK__REALM".into(), "demo".into()),
             ("TWOFA_SECURITY__ENCRYPTION_KEYS".into(), KEY.into()),
         ]
+    }
+
+    #[test]
+    fn ui_keys() {
+        let c = load(None, base_env(), false).unwrap();
+        assert!(c.ui.enabled);
+        assert_eq!(c.ui.client_id, None);
+        let mut env = base_env();
+        env.push(("TWOFA_UI__ENABLED".into(), "false".into()));
+        env.push(("TWOFA_UI__CLIENT_ID".into(), "twofa-ui".into()));
+        let c = load(None, env, false).unwrap();
+        assert!(!c.ui.enabled);
+        assert_eq!(c.ui.client_id.as_deref(), Some("twofa-ui"));
+        for bad in ["", "a b", "x\u{7}"] {
+            let mut env = base_env();
+            env.push(("TWOFA_UI__CLIENT_ID".into(), bad.into()));
+            assert_eq!(
+                load(None, env, false).unwrap_err().key,
+                "ui.client_id",
+                "{bad:?}"
+            );
+        }
+        let mut env = base_env();
+        env.push(("TWOFA_UI__COLOUR".into(), "red".into()));
+        assert_eq!(load(None, env, false).unwrap_err().key, "ui.colour");
+    }
+
+    #[test]
+    fn dev_mode_mails_only_to_a_loopback_relay() {
+        let with = |url: &str| {
+            let env = vec![
+                ("TWOFA_EMAIL__PROVIDER".to_string(), "smtp".to_string()),
+                ("TWOFA_EMAIL__FROM".into(), "dev <dev@localhost>".into()),
+                ("TWOFA_EMAIL__SMTP_URL".into(), url.into()),
+                ("TWOFA_SMS__PROVIDER".into(), "webhook".into()),
+                (
+                    "TWOFA_SMS__WEBHOOK_URL".into(),
+                    "http://127.0.0.1:9/x".into(),
+                ),
+            ];
+            load(None, env, true).unwrap()
+        };
+        for local in [
+            "smtp://127.0.0.1:1025?tls=none",
+            "smtp://localhost:25?tls=none",
+            "smtp://[::1]:1025?tls=none",
+        ] {
+            let c = with(local);
+            assert_eq!(c.email.provider, "smtp", "{local}");
+            assert_eq!(c.sms.provider, "log");
+        }
+        for remote in ["smtp://mail.example.com:587", "smtp://10.0.0.1:25?tls=none"] {
+            assert_eq!(with(remote).email.provider, "log", "{remote}");
+        }
+        assert_eq!(load(None, vec![], true).unwrap().email.provider, "log");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub struct Config {
     pub sms: SmsConfig,
     pub policy: PolicyConfig,
     pub log: LogConfig,
+    pub ui: UiConfig,
     /// Set by `serve --dev`, never by a file or the environment.
     #[serde(skip)]
     pub dev: bool,
@@ -374,6 +375,28 @@ impl Default for LogConfig {
         Self {
             format: "text".into(),
             level: "info".into(),
+        }
+    }
+}
+
+/// The `/ui/` page (INTERFACE.md section 9).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiConfig {
+    /// `false`: `/ui/` and its assets are 404.
+    pub enabled: bool,
+    /// The Keycloak client the page signs in with: a public client with
+    /// PKCE (S256), `{origin}/ui/` as a valid redirect URI and the page's
+    /// origin as a web origin. Unset: the page can sign in only in dev mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            client_id: None,
         }
     }
 }

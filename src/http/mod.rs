@@ -1,12 +1,14 @@
 //! The HTTP listener's routes: forward auth (`/authz/auth-request`,
 //! `/authz/forward-auth`, `/authz/ext-authz/...`), health, metrics, the dev
-//! token route, and the `/user` API. Errors leave as RFC 9457 problem+json.
+//! token route, the `/user` API and the `/ui/` page. Errors leave as RFC 9457
+//! problem+json.
 
 mod dev;
 mod forward;
 mod health;
 mod logout;
 pub mod problem;
+mod ui;
 mod user;
 
 use std::sync::Arc;
@@ -59,7 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.dev.is_some() {
         r = r.route("/dev/token", post(dev::token));
     }
-    r = r.merge(user::routes());
+    r = r.merge(user::routes()).merge(ui::routes(&state));
     r.fallback(|| async { Error::NotFound })
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(cors(&state.cfg.server.cors_allowed_origins))

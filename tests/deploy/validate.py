@@ -80,6 +80,8 @@ CONFIG_KEYS = {
     },
     "policy": {"default", "rules", "identity_header_prefix"},
     "log": {"format", "level"},
+    # Section 9.
+    "ui": {"enabled", "client_id"},
 }
 # Keys that hold secrets: they may be given as `<key>_file`.
 SECRET_KEYS = {

@@ -46,6 +46,7 @@ mod recovery_burst;
 mod service;
 mod session_store;
 mod stores;
+mod ui;
 mod user_budget;
 mod user_common;
 mod user_contact;

@@ -1,11 +1,14 @@
 //! A Keycloak stand-in: an in-process HTTP server with Keycloak's URL layout and
 //! wire format, and a minter of tokens shaped like Keycloak's access tokens.
 //!
-//! Served now: OIDC discovery (`/realms/{realm}/.well-known/openid-configuration`)
-//! and the realm keys (`/realms/{realm}/protocol/openid-connect/certs`). The token
-//! endpoint (client credentials) and the Admin REST API (`/admin/realms/{realm}/...`)
-//! are meant to be added to [`router`] over the same shared [`State`].
+//! Served now: OIDC discovery (`/realms/{realm}/.well-known/openid-configuration`),
+//! the realm keys (`/realms/{realm}/protocol/openid-connect/certs`), and the
+//! authorization-code flow with PKCE for public clients ([`PublicClient`]): the
+//! authorization endpoint with a login form, and the token endpoint's
+//! `authorization_code` grant, checking `code_challenge` (S256) as Keycloak does.
+//! The client-credentials grant and the Admin REST API live in `kc_admin.rs`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use axum::extract::{Path, Request, State as AxumState};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -25,6 +28,7 @@ use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
@@ -149,6 +153,14 @@ pub struct State {
     down: AtomicBool,
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
+    /// The realm's public clients, by client id.
+    clients: Mutex<HashMap<String, PublicClient>>,
+    /// Authorization requests waiting for the login form, by login id.
+    logins: Mutex<HashMap<String, Authorization>>,
+    /// Issued authorization codes, by code; taken out on first use.
+    codes: Mutex<HashMap<String, IssuedCode>>,
+    /// Every authorization request's query, for assertions.
+    authorize_requests: Mutex<Vec<HashMap<String, String>>>,
 }
 
 pub struct Keycloak {
@@ -180,6 +192,10 @@ impl Keycloak {
             down: AtomicBool::new(false),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
+            clients: Mutex::new(HashMap::new()),
+            logins: Mutex::new(HashMap::new()),
+            codes: Mutex::new(HashMap::new()),
+            authorize_requests: Mutex::new(Vec::new()),
         });
         let keycloak = Keycloak {
             state,
@@ -298,6 +314,29 @@ impl Keycloak {
     pub fn discovery_fetches(&self) -> usize {
         self.state.discovery_fetches.load(Ordering::SeqCst)
     }
+
+    /// Registers a public client (standard flow, PKCE method S256 required).
+    pub fn add_public_client(&self, client: PublicClient) {
+        self.state
+            .clients
+            .lock()
+            .insert(client.client_id.clone(), client);
+    }
+
+    /// The query of every authorization request so far.
+    pub fn authorize_requests(&self) -> Vec<HashMap<String, String>> {
+        self.state.authorize_requests.lock().clone()
+    }
+
+    /// `{issuer}/protocol/openid-connect/token`.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/protocol/openid-connect/token", self.issuer())
+    }
+
+    /// `{issuer}/protocol/openid-connect/auth`.
+    pub fn authorization_endpoint(&self) -> String {
+        format!("{}/protocol/openid-connect/auth", self.issuer())
+    }
 }
 
 /// The address bound without listening: a connection to it is refused.
@@ -337,6 +376,18 @@ fn router(state: Arc<State>) -> Router {
             get(discovery),
         )
         .route("/realms/{realm}/protocol/openid-connect/certs", get(certs))
+        .route(
+            "/realms/{realm}/protocol/openid-connect/auth",
+            get(pkce::authorize),
+        )
+        .route(
+            "/realms/{realm}/login-actions/authenticate",
+            post(pkce::authenticate),
+        )
+        .route(
+            "/realms/{realm}/protocol/openid-connect/token",
+            post(pkce::token).options(pkce::token_preflight),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), misbehave))
         .with_state(state)
@@ -721,5 +772,390 @@ impl Token {
     /// contain it.
     pub fn signature(&self) -> &str {
         self.jwt.rsplit('.').next().unwrap_or_default()
+    }
+}
+
+/// The password every user of the stand-in's login form has.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A public client of the realm, as its admin console would set it up:
+/// standard flow on, client authentication off, "Proof Key for Code Exchange
+/// Code Challenge Method" S256.
+#[derive(Clone, Debug)]
+pub struct PublicClient {
+    pub client_id: String,
+    /// Valid redirect URIs; a trailing `*` matches any rest, as in Keycloak.
+    pub redirect_uris: Vec<String>,
+    /// Web origins: the origins the token endpoint answers with CORS headers.
+    pub web_origins: Vec<String>,
+}
+
+/// An authorization request that passed its checks, waiting for the login.
+#[derive(Clone, Debug)]
+struct Authorization {
+    client_id: String,
+    redirect_uri: String,
+    state: Option<String>,
+    code_challenge: String,
+    fragment: bool,
+}
+
+#[derive(Clone, Debug)]
+struct IssuedCode {
+    auth: Authorization,
+    username: String,
+    sid: String,
+    expires: i64,
+}
+
+/// The authorization-code flow with PKCE (RFC 7636), answering as Keycloak 26
+/// answers: errors before the redirect URI is trusted are an error page (400),
+/// later ones go back to the client as `error` and `error_description`.
+mod pkce {
+    use super::*;
+    use axum::extract::{Form, Query};
+    use axum::response::{Html, Redirect};
+
+    fn error_page(message: &str) -> Response {
+        (
+            StatusCode::BAD_REQUEST,
+            Html(format!(
+                "<!doctype html><title>Error</title><p id=\"kc-error-message\">{message}</p>"
+            )),
+        )
+            .into_response()
+    }
+
+    fn redirect_uri_allowed(client: &PublicClient, uri: &str) -> bool {
+        client
+            .redirect_uris
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => uri.starts_with(prefix),
+                None => uri == p,
+            })
+    }
+
+    /// The authorization response: in the query, or in the fragment for
+    /// `response_mode=fragment`.
+    fn respond(auth: &Authorization, params: &[(&str, &str)]) -> Response {
+        let mut pairs = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in params {
+            pairs.append_pair(k, v);
+        }
+        if let Some(st) = &auth.state {
+            pairs.append_pair("state", st);
+        }
+        let encoded = pairs.finish();
+        let sep = if auth.fragment {
+            '#'
+        } else if auth.redirect_uri.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        Redirect::to(&format!("{}{sep}{encoded}", auth.redirect_uri)).into_response()
+    }
+
+    /// RFC 7636 section 4.1/4.2: 43 to 128 characters of `[A-Za-z0-9-._~]`.
+    fn pkce_shaped(s: &str) -> bool {
+        (43..=128).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    }
+
+    pub async fn authorize(
+        AxumState(state): AxumState<Arc<State>>,
+        Path(realm): Path<String>,
+        Query(q): Query<HashMap<String, String>>,
+    ) -> Response {
+        if realm != state.realm {
+            return not_found_realm();
+        }
+        state.authorize_requests.lock().push(q.clone());
+        let Some(client) = q
+            .get("client_id")
+            .and_then(|id| state.clients.lock().get(id).cloned())
+        else {
+            return error_page("Client not found.");
+        };
+        let Some(redirect_uri) = q
+            .get("redirect_uri")
+            .filter(|u| redirect_uri_allowed(&client, u))
+        else {
+            return error_page("Invalid parameter: redirect_uri");
+        };
+        let fragment = match q.get("response_mode").map(String::as_str) {
+            None | Some("query") => false,
+            Some("fragment") => true,
+            Some(_) => return error_page("Invalid parameter: response_mode"),
+        };
+        let mut auth = Authorization {
+            client_id: client.client_id.clone(),
+            redirect_uri: redirect_uri.clone(),
+            state: q.get("state").cloned(),
+            code_challenge: String::new(),
+            fragment,
+        };
+        let fail = |error: &str, description: &str| {
+            respond(
+                &auth,
+                &[("error", error), ("error_description", description)],
+            )
+        };
+        if q.get("response_type").map(String::as_str) != Some("code") {
+            return fail(
+                "unsupported_response_type",
+                "Client is not allowed to initiate browser login with given response_type.",
+            );
+        }
+        if !q
+            .get("scope")
+            .is_some_and(|s| s.split(' ').any(|x| x == "openid"))
+        {
+            return fail("invalid_scope", "Invalid scopes: openid is required");
+        }
+        match q.get("code_challenge_method").map(String::as_str) {
+            Some("S256") => {}
+            None => {
+                return fail(
+                    "invalid_request",
+                    "Missing parameter: code_challenge_method",
+                )
+            }
+            Some(_) => {
+                return fail(
+                    "invalid_request",
+                    "Invalid parameter: code_challenge_method",
+                )
+            }
+        }
+        match q.get("code_challenge") {
+            Some(c) if pkce_shaped(c) => auth.code_challenge = c.clone(),
+            None => return fail("invalid_request", "Missing parameter: code_challenge"),
+            Some(_) => return fail("invalid_request", "Invalid parameter: code_challenge"),
+        }
+        let login = uuid();
+        state.logins.lock().insert(login.clone(), auth);
+        Html(format!(
+            r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sign in to {realm}</title></head>
+<body><h1 id="kc-page-title">Sign in to your account</h1>
+<form id="kc-form-login" method="post" action="/realms/{realm}/login-actions/authenticate">
+<input type="hidden" name="login" value="{login}">
+<label for="username">Username or email</label><input id="username" name="username" autofocus>
+<label for="password">Password</label><input id="password" name="password" type="password">
+<button type="submit" id="kc-login">Sign In</button>
+</form></body></html>"#,
+        ))
+        .into_response()
+    }
+
+    #[derive(Deserialize)]
+    pub struct Login {
+        login: String,
+        username: String,
+        password: String,
+    }
+
+    pub async fn authenticate(
+        AxumState(state): AxumState<Arc<State>>,
+        Path(realm): Path<String>,
+        Form(f): Form<Login>,
+    ) -> Response {
+        if realm != state.realm {
+            return not_found_realm();
+        }
+        let Some(auth) = state.logins.lock().remove(&f.login) else {
+            return error_page(
+                "Your login attempt timed out. Login will start from the beginning.",
+            );
+        };
+        if f.username.is_empty() || f.password != PASSWORD {
+            // Keycloak shows the form again; a test only needs the refusal.
+            return (
+                StatusCode::UNAUTHORIZED,
+                Html("Invalid username or password."),
+            )
+                .into_response();
+        }
+        let code = format!("{}.{}.{}", uuid(), uuid(), uuid());
+        let sid = uuid();
+        state.codes.lock().insert(
+            code.clone(),
+            IssuedCode {
+                auth: auth.clone(),
+                username: f.username,
+                sid: sid.clone(),
+                expires: now() + 60,
+            },
+        );
+        let iss = issuer(&state);
+        respond(
+            &auth,
+            &[("session_state", &sid), ("iss", &iss), ("code", &code)],
+        )
+    }
+
+    #[derive(Deserialize)]
+    pub struct TokenRequest {
+        grant_type: Option<String>,
+        code: Option<String>,
+        redirect_uri: Option<String>,
+        client_id: Option<String>,
+        code_verifier: Option<String>,
+    }
+
+    fn grant_error(status: StatusCode, error: &str, description: &str) -> Response {
+        (
+            status,
+            Json(json!({ "error": error, "error_description": description })),
+        )
+            .into_response()
+    }
+
+    /// CORS as Keycloak answers it: only for an origin among the client's
+    /// web origins.
+    fn with_cors(
+        state: &State,
+        client_id: Option<&str>,
+        origin: Option<&str>,
+        mut r: Response,
+    ) -> Response {
+        let allowed = client_id
+            .and_then(|id| state.clients.lock().get(id).cloned())
+            .zip(origin)
+            .is_some_and(|(c, o)| c.web_origins.iter().any(|w| w == o));
+        if let (true, Some(o)) = (allowed, origin) {
+            let h = r.headers_mut();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_str(o).unwrap(),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        r
+    }
+
+    pub async fn token_preflight(
+        AxumState(state): AxumState<Arc<State>>,
+        headers: axum::http::HeaderMap,
+    ) -> Response {
+        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        let known = state
+            .clients
+            .lock()
+            .values()
+            .any(|c| origin.is_some_and(|o| c.web_origins.iter().any(|w| w == o)));
+        let mut r = StatusCode::OK.into_response();
+        if let (true, Some(o)) = (known, origin) {
+            let h = r.headers_mut();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_str(o).unwrap(),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("POST, OPTIONS"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("Authorization, Content-Type"),
+            );
+        }
+        r
+    }
+
+    pub async fn token(
+        AxumState(state): AxumState<Arc<State>>,
+        Path(realm): Path<String>,
+        headers: axum::http::HeaderMap,
+        Form(t): Form<TokenRequest>,
+    ) -> Response {
+        let origin = headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .map(str::to_owned);
+        let client_id = t.client_id.clone();
+        let r = token_inner(&state, &realm, t);
+        with_cors(&state, client_id.as_deref(), origin.as_deref(), r)
+    }
+
+    fn token_inner(state: &State, realm: &str, t: TokenRequest) -> Response {
+        if realm != state.realm {
+            return not_found_realm();
+        }
+        let bad = StatusCode::BAD_REQUEST;
+        if t.grant_type.as_deref() != Some("authorization_code") {
+            return grant_error(bad, "unsupported_grant_type", "Unsupported grant_type");
+        }
+        let Some(client) = t
+            .client_id
+            .as_ref()
+            .and_then(|id| state.clients.lock().get(id).cloned())
+        else {
+            return grant_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized_client",
+                "Invalid client or Invalid client credentials",
+            );
+        };
+        // Single use: the code is gone whatever happens next.
+        let Some(issued) = t.code.as_ref().and_then(|c| state.codes.lock().remove(c)) else {
+            return grant_error(bad, "invalid_grant", "Code not valid");
+        };
+        if issued.expires < now() {
+            return grant_error(bad, "invalid_grant", "Code is expired");
+        }
+        if issued.auth.client_id != client.client_id {
+            return grant_error(bad, "invalid_grant", "Auth error");
+        }
+        if t.redirect_uri.as_deref() != Some(issued.auth.redirect_uri.as_str()) {
+            return grant_error(bad, "invalid_grant", "Incorrect redirect_uri");
+        }
+        let Some(verifier) = t.code_verifier else {
+            return grant_error(bad, "invalid_grant", "PKCE code verifier not specified");
+        };
+        if !pkce_shaped(&verifier) {
+            return grant_error(bad, "invalid_grant", "PKCE invalid code verifier");
+        }
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        if challenge != issued.auth.code_challenge {
+            return grant_error(
+                bad,
+                "invalid_grant",
+                "PKCE verification failed: Code mismatch",
+            );
+        }
+        let key = state.active.lock().clone();
+        let iss = issuer(state);
+        let access = TokenBuilder::new(&iss, key.clone())
+            .user(&issued.username)
+            .sid(&issued.sid)
+            .claim("azp", json!(client.client_id))
+            .build();
+        let id_token = TokenBuilder::new(&iss, key)
+            .user(&issued.username)
+            .sid(&issued.sid)
+            .claim("azp", json!(client.client_id))
+            .claim("aud", json!(client.client_id))
+            .claim("typ", json!("ID"))
+            .build();
+        Json(json!({
+            "access_token": access.jwt,
+            "expires_in": 300,
+            "refresh_expires_in": 1800,
+            "refresh_token": uuid(),
+            "token_type": "Bearer",
+            "id_token": id_token.jwt,
+            "not-before-policy": 0,
+            "session_state": issued.sid,
+            "scope": "openid email profile",
+        }))
+        .into_response()
     }
 }

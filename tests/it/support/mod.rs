@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod browser;
 pub mod burst;
 pub mod caddy;
 pub mod envoy;
