@@ -289,6 +289,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
     state.authz.validator().jwks().spawn_refresher(rx.clone());
+    prepare_redis(&state).await?;
     prepare_database(state.clone(), rx.clone()).await?;
 
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -539,6 +540,36 @@ async fn prepare_database(
             wait = (wait * 2).min(Duration::from_secs(30));
         }
     });
+    Ok(())
+}
+
+/// Before serving: one connect to Redis. A Redis that cannot be used as
+/// configured (a TLS certificate that fails verification, e.g. a wrong
+/// `storage.redis_ca_path`) stops the start with that reason; a Redis that
+/// is down does not: serving starts, not ready, and the stores connect when
+/// it is back.
+async fn prepare_redis(state: &AppState) -> anyhow::Result<()> {
+    let t = READINESS_CHECK_TIMEOUT * 2;
+    let (sessions, ephemeral) = tokio::join!(
+        tokio::time::timeout(t, state.sessions.ping()),
+        tokio::time::timeout(t, state.ephemeral.ping()),
+    );
+    for r in [sessions, ephemeral] {
+        match r {
+            Ok(Err(StoreError::Incompatible(why))) => {
+                return Err(anyhow::anyhow!("refusing to start: {why}"));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis cannot be reached yet; not ready until it can");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::warn!("Redis did not answer at start; not ready until it does");
+                return Ok(());
+            }
+            Ok(Ok(())) => {}
+        }
+    }
     Ok(())
 }
 

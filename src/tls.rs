@@ -26,6 +26,13 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Makes [`provider`] the process default, for libraries that build their
+/// rustls configuration with it (redis-rs does). Idempotent; a default set
+/// earlier stays.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// Reads a PEM CA bundle. Every `CERTIFICATE` block must be a certificate
 /// that can serve as a trust anchor; the error says which one is not.
 pub fn read_ca_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

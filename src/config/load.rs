@@ -38,6 +38,8 @@ const SECRET_KEYS: &[&str] = &[
     "keycloak.admin_client_secret",
     "storage.database_url",
     "storage.redis_url",
+    "storage.redis_cluster_urls",
+    "storage.redis_sentinel_urls",
     "security.encryption_keys",
     "email.smtp_url",
     "email.resend_api_key",
@@ -204,7 +206,7 @@ fn resolve_secret_files(tree: &mut Value) -> Result<(), ConfigError> {
                 return Err(ConfigError::new(dotted, "must be a file path"));
             };
             let text = read_small(Path::new(&path)).map_err(|e| ConfigError::new(&dotted, e))?;
-            let value = if base == "encryption_keys" {
+            let value = if base == "encryption_keys" || base.ends_with("_urls") {
                 Value::Array(
                     text.split([',', '\n'])
                         .map(str::trim)
@@ -226,6 +228,10 @@ fn resolve_secret_files(tree: &mut Value) -> Result<(), ConfigError> {
 fn apply_dev(cfg: &mut Config) {
     cfg.storage.database_url = SecretUrl::new("sqlite://./twofa-dev.db");
     cfg.storage.redis_url = SecretUrl::new("memory://");
+    cfg.storage.redis_cluster_urls.clear();
+    cfg.storage.redis_sentinel_urls.clear();
+    cfg.storage.redis_sentinel_master = None;
+    cfg.storage.redis_ca_path = None;
     // A local mail catcher (an SMTP server on a loopback address, e.g.
     // Mailpit) still gets the mail: it does not leave the machine either,
     // and it lets a developer try the email flows end to end.
@@ -270,6 +276,94 @@ fn is_loopback_url(u: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// The Redis keys: one topology, URLs redis-rs can use without ever
+/// skipping certificate checks, a CA bundle only where TLS is used.
+fn validate_redis(st: &super::StorageConfig) -> Result<(), ConfigError> {
+    let r = st.redis_url.expose();
+    if !(r.starts_with("redis://") || r.starts_with("rediss://") || r == "memory://") {
+        return Err(ConfigError::new(
+            "storage.redis_url",
+            "must be redis://…, rediss://… or memory://",
+        ));
+    }
+    if !st.redis_cluster_urls.is_empty() && !st.redis_sentinel_urls.is_empty() {
+        return Err(ConfigError::new(
+            "storage.redis_cluster_urls",
+            "and storage.redis_sentinel_urls are both set: a deployment is either a Redis Cluster or Sentinel-managed, set one of them",
+        ));
+    }
+    if st.redis_sentinel_urls.is_empty() != st.redis_sentinel_master.is_none() {
+        return Err(ConfigError::new(
+            "storage.redis_sentinel_master",
+            "storage.redis_sentinel_urls and storage.redis_sentinel_master go together",
+        ));
+    }
+    if let Some(m) = &st.redis_sentinel_master {
+        if m.is_empty() || m.len() > 128 || m.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ConfigError::new(
+                "storage.redis_sentinel_master",
+                "must be the master's name as the sentinels know it (1-128 characters, no spaces)",
+            ));
+        }
+    }
+    let (key, urls): (&str, Vec<&str>) = if !st.redis_cluster_urls.is_empty() {
+        (
+            "storage.redis_cluster_urls",
+            st.redis_cluster_urls.iter().map(|u| u.expose()).collect(),
+        )
+    } else if !st.redis_sentinel_urls.is_empty() {
+        (
+            "storage.redis_sentinel_urls",
+            st.redis_sentinel_urls.iter().map(|u| u.expose()).collect(),
+        )
+    } else {
+        ("storage.redis_url", vec![r])
+    };
+    if urls.len() > 64 {
+        return Err(ConfigError::new(key, "at most 64 nodes"));
+    }
+    let mut schemes = BTreeSet::new();
+    for u in &urls {
+        if *u == "memory://" {
+            continue;
+        }
+        let scheme = if u.starts_with("redis://") {
+            "redis"
+        } else if u.starts_with("rediss://") {
+            "rediss"
+        } else {
+            return Err(ConfigError::new(key, "every URL must be redis://… or rediss://…"));
+        };
+        schemes.insert(scheme);
+        if u.contains('#') {
+            // redis-rs reads `#insecure` as "skip certificate checks".
+            return Err(ConfigError::new(
+                key,
+                "a URL must not carry a #fragment (#insecure would skip certificate checks; set storage.redis_ca_path instead)",
+            ));
+        }
+        redis::IntoConnectionInfo::into_connection_info(*u)
+            .map_err(|e| ConfigError::new(key, format!("not a Redis URL: {}", e.category())))?;
+    }
+    if schemes.len() > 1 {
+        return Err(ConfigError::new(
+            key,
+            "mixes redis:// and rediss://: every node is reached the same way",
+        ));
+    }
+    if let Some(ca) = &st.redis_ca_path {
+        if !schemes.contains("rediss") {
+            return Err(ConfigError::new(
+                "storage.redis_ca_path",
+                format!("is set, but {key} uses no rediss:// URL: the CA bundle verifies TLS certificates only"),
+            ));
+        }
+        crate::tls::read_ca_bundle(ca).map_err(|e| ConfigError::new("storage.redis_ca_path", e))?;
+    }
+    Ok(())
 }
 
 pub const ALGORITHMS: &[&str] = &[
@@ -391,13 +485,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    let r = st.redis_url.expose();
-    if !(r.starts_with("redis://") || r.starts_with("rediss://") || r == "memory://") {
-        return Err(ConfigError::new(
-            "storage.redis_url",
-            "must be redis://…, rediss://… or memory://",
-        ));
-    }
+    validate_redis(st)?;
     if !(1..=1024).contains(&st.pool_size) {
         return Err(ConfigError::new(
             "storage.pool_size",

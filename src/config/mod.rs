@@ -137,6 +137,17 @@ pub struct StorageConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_ca_path: Option<PathBuf>,
     pub redis_url: SecretUrl,
+    /// Redis Cluster seed nodes; when set, used instead of `redis_url`.
+    pub redis_cluster_urls: Vec<SecretUrl>,
+    /// Redis Sentinel nodes; with `redis_sentinel_master`, used instead of
+    /// `redis_url`.
+    pub redis_sentinel_urls: Vec<SecretUrl>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_sentinel_master: Option<String>,
+    /// PEM CA bundle that verifies the certificates of `rediss://` nodes;
+    /// unset: the system roots. Read as it is (not a `_file` secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca_path: Option<PathBuf>,
     pub pool_size: u32,
     pub key_prefix: String,
     pub auto_migrate: bool,
@@ -148,6 +159,10 @@ impl Default for StorageConfig {
             database_url: SecretUrl::new("sqlite://twofa.db"),
             database_ca_path: None,
             redis_url: SecretUrl::new("memory://"),
+            redis_cluster_urls: vec![],
+            redis_sentinel_urls: vec![],
+            redis_sentinel_master: None,
+            redis_ca_path: None,
             pool_size: 16,
             key_prefix: "twofa:".into(),
             auto_migrate: true,
@@ -420,6 +435,42 @@ impl Config {
                 Err(e) => out.push_str(&format!("# {e}\n")),
             }
         }
+        if let Some(line) = describe_redis(st) {
+            out.push_str(&format!("\n# Redis: {line}\n"));
+        }
         out
     }
+}
+
+/// One line on where Redis is and how its certificates are checked, for
+/// `check-config`.
+fn describe_redis(st: &StorageConfig) -> Option<String> {
+    let (what, urls): (String, Vec<&str>) = if !st.redis_cluster_urls.is_empty() {
+        (
+            format!("Redis Cluster, {} seed node(s)", st.redis_cluster_urls.len()),
+            st.redis_cluster_urls.iter().map(|u| u.expose()).collect(),
+        )
+    } else if !st.redis_sentinel_urls.is_empty() {
+        (
+            format!(
+                "the primary `{}` named by {} sentinel(s)",
+                st.redis_sentinel_master.as_deref().unwrap_or("?"),
+                st.redis_sentinel_urls.len()
+            ),
+            st.redis_sentinel_urls.iter().map(|u| u.expose()).collect(),
+        )
+    } else if st.redis_url.expose() == "memory://" {
+        return None;
+    } else {
+        ("one server".into(), vec![st.redis_url.expose()])
+    };
+    let tls = if urls.iter().any(|u| u.starts_with("rediss://")) {
+        match &st.redis_ca_path {
+            Some(p) => format!("TLS, certificates verified against {}", p.display()),
+            None => "TLS, certificates verified against the system roots".into(),
+        }
+    } else {
+        "plaintext".into()
+    };
+    Some(format!("{what}; {tls}"))
 }

@@ -11,7 +11,6 @@
 //! the one test suite per trait that every implementation must pass. Every
 //! short-lived key is named in [`keys`].
 
-mod hot;
 pub mod keys;
 pub mod memory;
 pub mod migrations;
@@ -108,39 +107,43 @@ pub trait SessionStore: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// The session store named by `storage.redis_url`.
+/// The Redis deployment the storage keys name (`storage.redis_url`,
+/// `storage.redis_cluster_urls`, or `storage.redis_sentinel_urls` with
+/// `storage.redis_sentinel_master`); `None` for `memory://`. Connects to
+/// nothing. [`redis::RedisTarget::tracking_info`] gives the connection
+/// settings of the current primary (for an invalidation channel).
+pub fn redis_target(cfg: &StorageConfig) -> Result<Option<Arc<redis::RedisTarget>>, String> {
+    Ok(redis::RedisTarget::from_config(cfg)?.map(Arc::new))
+}
+
+/// The session store the storage keys name: Redis (one server, Cluster or
+/// Sentinel) or memory. Its one multiplexed connection is the Check path's.
 pub fn session_store(
     cfg: &StorageConfig,
     clock: SharedClock,
 ) -> Result<Arc<dyn SessionStore>, String> {
-    let url = cfg.redis_url.expose();
-    if url == "memory://" {
-        Ok(Arc::new(memory::MemorySessionStore::new(clock)))
-    } else {
-        Ok(Arc::new(redis::RedisSessionStore::connect(
-            url,
-            cfg.pool_size,
+    match redis_target(cfg)? {
+        None => Ok(Arc::new(memory::MemorySessionStore::new(clock))),
+        Some(t) => Ok(Arc::new(redis::RedisSessionStore::new(
+            Arc::new(redis::Link::new(t)),
             cfg.key_prefix.clone(),
-        )?))
+        ))),
     }
 }
 
-/// The short-lived state store named by `storage.redis_url`. Its Redis pool
+/// The short-lived state store the storage keys name. Its Redis connection
 /// is separate from the session store's, so that a burst of `/user` traffic
-/// cannot starve the Check path of connections.
+/// queues behind nothing on the Check path's socket.
 pub fn ephemeral_store(
     cfg: &StorageConfig,
     clock: SharedClock,
 ) -> Result<Arc<dyn EphemeralStore>, String> {
-    let url = cfg.redis_url.expose();
-    if url == "memory://" {
-        Ok(Arc::new(memory::MemoryEphemeralStore::new(clock)))
-    } else {
-        let pool = redis::pool(url, cfg.pool_size)?;
-        Ok(Arc::new(redis::RedisEphemeralStore::new(
-            pool,
+    match redis_target(cfg)? {
+        None => Ok(Arc::new(memory::MemoryEphemeralStore::new(clock))),
+        Some(t) => Ok(Arc::new(redis::RedisEphemeralStore::new(
+            Arc::new(redis::Link::new(t)),
             cfg.key_prefix.clone(),
-        )))
+        ))),
     }
 }
 

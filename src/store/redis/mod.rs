@@ -1,147 +1,39 @@
-//! Redis implementations (bb8 pool of multiplexed connections). Every key
-//! carries `storage.key_prefix` and a TTL. Calls are bounded by a short
-//! timeout: a slow or dead Redis must turn into a prompt 503, not a hung
-//! proxy.
+//! Redis implementations of the short-lived stores, on one server (plain or
+//! TLS), a Redis Cluster or Sentinel's primary ([`target`]), each store over
+//! one reconnecting multiplexed connection ([`link`]). Every key carries
+//! `storage.key_prefix` and a TTL, and every request names keys of one hash
+//! slot only (`store::keys`), so the same code runs on a Cluster.
 
+pub mod link;
+pub mod target;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bb8_redis::redis::aio::MultiplexedConnection;
-use bb8_redis::RedisConnectionManager;
-use redis::{FromRedisValue, RedisError};
 
-use super::hot::HotReader;
+pub use link::{Link, Req};
+pub use target::{RedisTarget, Topology};
+
 use super::{
     keys, Attempt, AttemptLimits, SessionIds, SessionStore, StoreError, Verified, MAX_LOCKOUT,
     SERIES_MEMORY,
 };
 
-const OP_TIMEOUT: Duration = Duration::from_millis(1000);
-/// bb8 waits this long for a connection when none is idle, even when every
-/// connect attempt is refused at once: it bounds how long a Check waits
-/// before answering 503 while Redis is down. A healthy connect (TLS
-/// included) takes a few milliseconds.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
-
-/// A multiplexed connection that remembers it failed. bb8-redis never reports
-/// a connection as broken, so without this a pool would keep handing out
-/// connections to a Redis that restarted and every call would fail forever.
-pub struct Conn {
-    pub inner: MultiplexedConnection,
-    broken: bool,
-}
-
-pub struct Manager(RedisConnectionManager);
-
-impl bb8::ManageConnection for Manager {
-    type Connection = Conn;
-    type Error = RedisError;
-
-    async fn connect(&self) -> Result<Conn, RedisError> {
-        let inner = self.0.connect().await?;
-        Ok(Conn {
-            inner,
-            broken: false,
-        })
-    }
-
-    async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
-        self.0.is_valid(&mut conn.inner).await
-    }
-
-    fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.broken
-    }
-}
-
-pub type Pool = bb8::Pool<Manager>;
-
-/// The connection settings of `storage.redis_url`, with TCP_NODELAY: redis-rs
-/// leaves Nagle's algorithm on by default, which holds back each small
-/// pipelined command until the previous one is acknowledged and adds
-/// milliseconds to every Check while the CPU sits idle.
-pub fn connection_info(url: &str) -> Result<redis::ConnectionInfo, String> {
-    use redis::IntoConnectionInfo;
-    let info = url
-        .into_connection_info()
-        .map_err(|e| format!("storage.redis_url: {e}"))?;
-    let tcp = info.tcp_settings().clone().set_nodelay(true);
-    Ok(info.set_tcp_settings(tcp))
-}
-
-/// A pool that does not connect yet: the service starts (and reports not
-/// ready) while Redis is down, and recovers on its own when it is back.
-pub fn pool(url: &str, size: u32) -> Result<Pool, String> {
-    let mgr = RedisConnectionManager::new(connection_info(url)?)
-        .map_err(|e| format!("storage.redis_url: {e}"))?;
-    Ok(bb8::Pool::builder()
-        .max_size(size)
-        // A PING per checkout would double the round trips of every Check;
-        // failed connections are marked broken instead (see `Conn`).
-        .test_on_check_out(false)
-        .connection_timeout(CONNECT_TIMEOUT)
-        .retry_connection(false)
-        // Warm connections, so a Check rarely waits for a connect.
-        .min_idle(Some(2))
-        .build_unchecked(Manager(mgr)))
-}
-
-/// Runs one Redis request with a timeout, marking the connection broken on
-/// any I/O failure so the pool replaces it.
-pub async fn run<T: FromRedisValue>(pool: &Pool, req: Req<'_>) -> Result<T, StoreError> {
-    let mut conn = pool
-        .get()
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
-    let fut = async {
-        match req {
-            Req::Cmd(c) => c.query_async::<T>(&mut conn.inner).await,
-            Req::Pipe(p) => p.query_async::<T>(&mut conn.inner).await,
-            Req::Script(s) => s.invoke_async::<T>(&mut conn.inner).await,
-        }
-    };
-    let out = tokio::time::timeout(OP_TIMEOUT, fut).await;
-    match out {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            if connection_failed(&e) {
-                conn.broken = true;
-            }
-            Err(StoreError::Unavailable(format!("redis: {e}")))
-        }
-        Err(_) => {
-            conn.broken = true;
-            Err(StoreError::Unavailable("redis: timed out".into()))
-        }
-    }
-}
-
-/// Whether an error means the connection itself is gone (to be replaced),
-/// rather than a command that failed on a healthy connection.
-pub fn connection_failed(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal()
-}
-
-pub enum Req<'a> {
-    Cmd(&'a redis::Cmd),
-    Pipe(&'a redis::Pipeline),
-    Script(&'a redis::ScriptInvocation<'a>),
-}
-
+/// Verified sessions. Its link is the Check path's: one multiplexed
+/// connection that every Check's lookup is pipelined on.
 pub struct RedisSessionStore {
-    pool: Pool,
+    link: Arc<Link>,
     prefix: String,
-    /// The hot-path lookup (see `store::hot`).
-    reads: HotReader,
 }
 
 impl RedisSessionStore {
-    pub fn connect(url: &str, pool_size: u32, prefix: String) -> Result<Self, String> {
-        Ok(Self {
-            pool: pool(url, pool_size)?,
-            prefix,
-            reads: HotReader::new(url)?,
-        })
+    pub fn new(link: Arc<Link>, prefix: String) -> Self {
+        Self { link, prefix }
+    }
+
+    pub fn link(&self) -> &Arc<Link> {
+        &self.link
     }
 
     fn session_key(&self, subject: &str, session: &str) -> String {
@@ -167,7 +59,7 @@ impl RedisSessionStore {
             .arg(self.subject_key(subject))
             .arg(session)
             .ignore();
-        let (n,): (u64,) = run(&self.pool, Req::Pipe(&p)).await?;
+        let (n,): (u64,) = self.link.run(Req::Pipe(&p)).await?;
         Ok(n > 0)
     }
 
@@ -177,7 +69,7 @@ impl RedisSessionStore {
         let script = redis::Script::new(DELETE_IF_EQ);
         let mut inv = script.prepare_invoke();
         inv.key(self.sid_key(sid)).arg(target);
-        run::<u64>(&self.pool, Req::Script(&inv)).await.map(|_| ())
+        self.link.run::<u64>(Req::Script(&inv)).await.map(|_| ())
     }
 }
 
@@ -198,7 +90,9 @@ return n
 #[async_trait]
 impl SessionStore for RedisSessionStore {
     async fn get(&self, subject: &str, session: &str) -> Result<Option<Verified>, StoreError> {
-        let raw = self.reads.get(&self.session_key(subject, session)).await?;
+        let mut c = redis::cmd("GET");
+        c.arg(self.session_key(subject, session));
+        let raw: Option<Vec<u8>> = self.link.read(Req::Cmd(&c)).await?;
         match raw {
             None => Ok(None),
             Some(b) => serde_json::from_slice(&b)
@@ -218,7 +112,7 @@ impl SessionStore for RedisSessionStore {
             .arg(keys::sid_target(&ids.subject, &ids.session))
             .arg("EX")
             .arg(secs);
-        run::<()>(&self.pool, Req::Cmd(&c)).await?;
+        self.link.run::<()>(Req::Cmd(&c)).await?;
         let skey = self.subject_key(&ids.subject);
         let mut p = redis::pipe();
         p.atomic()
@@ -238,7 +132,7 @@ impl SessionStore for RedisSessionStore {
             .arg(&skey)
             .arg(secs)
             .ignore();
-        run::<()>(&self.pool, Req::Pipe(&p)).await
+        self.link.run::<()>(Req::Pipe(&p)).await
     }
 
     async fn remove(&self, ids: &SessionIds) -> Result<bool, StoreError> {
@@ -256,13 +150,13 @@ impl SessionStore for RedisSessionStore {
             self.prefix,
             keys::session(subject, "")
         ));
-        run(&self.pool, Req::Script(&inv)).await
+        self.link.run(Req::Script(&inv)).await
     }
 
     async fn remove_sid(&self, sid: &str) -> Result<bool, StoreError> {
         let mut c = redis::cmd("GET");
         c.arg(self.sid_key(sid));
-        let target: Option<String> = run(&self.pool, Req::Cmd(&c)).await?;
+        let target: Option<String> = self.link.read(Req::Cmd(&c)).await?;
         let Some(target) = target else {
             return Ok(false);
         };
@@ -277,7 +171,7 @@ impl SessionStore for RedisSessionStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let c = redis::cmd("PING");
-        let _: String = run(&self.pool, Req::Cmd(&c)).await?;
+        let _: redis::Value = self.link.read(Req::Cmd(&c)).await?;
         Ok(())
     }
 }
@@ -285,13 +179,17 @@ impl SessionStore for RedisSessionStore {
 /// Short-lived key/value state in Redis: every key gets `storage.key_prefix`
 /// and a TTL, in millisecond precision.
 pub struct RedisEphemeralStore {
-    pool: Pool,
+    link: Arc<Link>,
     prefix: String,
 }
 
 impl RedisEphemeralStore {
-    pub fn new(pool: Pool, prefix: String) -> Self {
-        Self { pool, prefix }
+    pub fn new(link: Arc<Link>, prefix: String) -> Self {
+        Self { link, prefix }
+    }
+
+    pub fn link(&self) -> &Arc<Link> {
+        &self.link
     }
 
     fn key(&self, key: &str) -> String {
@@ -367,13 +265,13 @@ impl super::EphemeralStore for RedisEphemeralStore {
     async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
         let mut c = redis::cmd("GET");
         c.arg(self.key(key));
-        run(&self.pool, Req::Cmd(&c)).await
+        self.link.read(Req::Cmd(&c)).await
     }
 
     async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
         let mut c = redis::cmd("SET");
         c.arg(self.key(key)).arg(value).arg("PX").arg(millis(ttl));
-        run::<()>(&self.pool, Req::Cmd(&c)).await
+        self.link.read::<()>(Req::Cmd(&c)).await
     }
 
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -383,14 +281,14 @@ impl super::EphemeralStore for RedisEphemeralStore {
             .arg("NX")
             .arg("PX")
             .arg(millis(ttl));
-        let r: Option<String> = run(&self.pool, Req::Cmd(&c)).await?;
+        let r: Option<String> = self.link.run(Req::Cmd(&c)).await?;
         Ok(r.is_some())
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let mut c = redis::cmd("DEL");
         c.arg(self.key(key));
-        let n: u64 = run(&self.pool, Req::Cmd(&c)).await?;
+        let n: u64 = self.link.run(Req::Cmd(&c)).await?;
         Ok(n > 0)
     }
 
@@ -398,7 +296,7 @@ impl super::EphemeralStore for RedisEphemeralStore {
         let script = redis::Script::new(DELETE_IF_EQ);
         let mut inv = script.prepare_invoke();
         inv.key(self.key(key)).arg(expected);
-        let n: u64 = run(&self.pool, Req::Script(&inv)).await?;
+        let n: u64 = self.link.run(Req::Script(&inv)).await?;
         Ok(n > 0)
     }
 
@@ -406,13 +304,13 @@ impl super::EphemeralStore for RedisEphemeralStore {
         let script = redis::Script::new(INCR_WITH_TTL);
         let mut inv = script.prepare_invoke();
         inv.key(self.key(key)).arg(millis(ttl));
-        run(&self.pool, Req::Script(&inv)).await
+        self.link.run(Req::Script(&inv)).await
     }
 
     async fn ttl(&self, key: &str) -> Result<Option<Duration>, StoreError> {
         let mut c = redis::cmd("PTTL");
         c.arg(self.key(key));
-        let ms: i64 = run(&self.pool, Req::Cmd(&c)).await?;
+        let ms: i64 = self.link.read(Req::Cmd(&c)).await?;
         Ok(match ms {
             // -2: no such key.
             -2 => None,
@@ -425,7 +323,7 @@ impl super::EphemeralStore for RedisEphemeralStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let c = redis::cmd("PING");
-        let _: String = run(&self.pool, Req::Cmd(&c)).await?;
+        let _: redis::Value = self.link.read(Req::Cmd(&c)).await?;
         Ok(())
     }
 
@@ -439,7 +337,7 @@ impl super::EphemeralStore for RedisEphemeralStore {
             .arg(millis(limits.lockout))
             .arg(millis(MAX_LOCKOUT))
             .arg(millis(SERIES_MEMORY));
-        let r: Vec<i64> = run(&self.pool, Req::Script(&inv)).await?;
+        let r: Vec<i64> = self.link.run(Req::Script(&inv)).await?;
         match r.as_slice() {
             [0, left] => Ok(Attempt::Locked {
                 left: Duration::from_millis((*left).max(0) as u64),
@@ -459,7 +357,7 @@ impl super::EphemeralStore for RedisEphemeralStore {
         c.arg(self.key(&keys::attempts(user)))
             .arg(self.key(&keys::lockout(user)))
             .arg(self.key(&keys::lockout_series(user)));
-        let n: u64 = run(&self.pool, Req::Cmd(&c)).await?;
+        let n: u64 = self.link.run(Req::Cmd(&c)).await?;
         Ok(n > 0)
     }
 }
