@@ -301,8 +301,7 @@ fn validate_redis(st: &super::StorageConfig) -> Result<(), ConfigError> {
         ));
     }
     if let Some(m) = &st.redis_sentinel_master {
-        if m.is_empty() || m.len() > 128 || m.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
+        if m.is_empty() || m.len() > 128 || m.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(ConfigError::new(
                 "storage.redis_sentinel_master",
                 "must be the master's name as the sentinels know it (1-128 characters, no spaces)",
@@ -335,7 +334,10 @@ fn validate_redis(st: &super::StorageConfig) -> Result<(), ConfigError> {
         } else if u.starts_with("rediss://") {
             "rediss"
         } else {
-            return Err(ConfigError::new(key, "every URL must be redis://… or rediss://…"));
+            return Err(ConfigError::new(
+                key,
+                "every URL must be redis://… or rediss://…",
+            ));
         };
         schemes.insert(scheme);
         if u.contains('#') {

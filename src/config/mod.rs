@@ -447,7 +447,10 @@ impl Config {
 fn describe_redis(st: &StorageConfig) -> Option<String> {
     let (what, urls): (String, Vec<&str>) = if !st.redis_cluster_urls.is_empty() {
         (
-            format!("Redis Cluster, {} seed node(s)", st.redis_cluster_urls.len()),
+            format!(
+                "Redis Cluster, {} seed node(s)",
+                st.redis_cluster_urls.len()
+            ),
             st.redis_cluster_urls.iter().map(|u| u.expose()).collect(),
         )
     } else if !st.redis_sentinel_urls.is_empty() {

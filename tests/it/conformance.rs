@@ -1,6 +1,7 @@
 //! The behaviour every store implementation must show, written once and run
 //! against each implementation (memory here; Redis, SQLite and PostgreSQL
-//! from the integration tests, against real servers).
+//! from the integration tests, against real servers; the Redis suites also
+//! against TLS, a Cluster and Sentinel, below).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -723,5 +724,86 @@ mod embedded {
             async {}
         })
         .await;
+    }
+}
+
+/// The Redis stores on one plain server at `url`.
+pub fn redis_sessions(url: &str, prefix: &str) -> twofa_authz::store::redis::RedisSessionStore {
+    let cfg = twofa_authz::config::StorageConfig {
+        redis_url: twofa_authz::config::SecretUrl::new(url),
+        key_prefix: prefix.into(),
+        ..Default::default()
+    };
+    redis_stores(&cfg).0
+}
+
+pub fn redis_ephemeral(url: &str, prefix: &str) -> twofa_authz::store::redis::RedisEphemeralStore {
+    let cfg = twofa_authz::config::StorageConfig {
+        redis_url: twofa_authz::config::SecretUrl::new(url),
+        key_prefix: prefix.into(),
+        ..Default::default()
+    };
+    redis_stores(&cfg).1
+}
+
+/// Both Redis stores for a storage configuration, each on its own link.
+pub fn redis_stores(
+    cfg: &twofa_authz::config::StorageConfig,
+) -> (
+    twofa_authz::store::redis::RedisSessionStore,
+    twofa_authz::store::redis::RedisEphemeralStore,
+) {
+    use twofa_authz::store::redis::{Link, RedisEphemeralStore, RedisSessionStore};
+    let target = twofa_authz::store::redis_target(cfg)
+        .expect("redis target")
+        .expect("not memory://");
+    (
+        RedisSessionStore::new(Arc::new(Link::new(target.clone())), cfg.key_prefix.clone()),
+        RedisEphemeralStore::new(Arc::new(Link::new(target)), cfg.key_prefix.clone()),
+    )
+}
+
+/// The session and ephemeral suites on every Redis topology but the plain
+/// one (`session_store.rs`, `stores.rs`): TLS, a Cluster, Sentinel.
+mod redis_topologies {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::support::redis::{TestRedis, Topology};
+
+    async fn conforms(topology: Topology) {
+        let redis = TestRedis::start(topology).await;
+        let (sessions, ephemeral) = super::redis_stores(&redis.storage_config("conf:"));
+        let now = crate::support::keycloak::now();
+        let wait = |s: u64| tokio::time::sleep(Duration::from_millis(s * 1000 + 100));
+        super::session_store(&sessions, now, wait).await;
+        super::ephemeral_store(Arc::new(ephemeral), &format!("{topology:?}"), wait).await;
+        // Every key carries the prefix and a TTL, on whichever node it is.
+        let mut con = redis.connection().await;
+        let keys = redis.keys().await;
+        for k in keys {
+            assert!(k.starts_with("conf:"), "{k}");
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&k)
+                .query_async(&mut con)
+                .await
+                .expect("PTTL");
+            assert!(ttl > 0, "{k} has no TTL");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_stores_conform_over_tls() {
+        conforms(Topology::Tls).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_stores_conform_on_a_cluster() {
+        conforms(Topology::Cluster).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_stores_conform_under_sentinel() {
+        conforms(Topology::Sentinel).await;
     }
 }

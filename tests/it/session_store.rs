@@ -3,14 +3,12 @@
 
 use std::time::Duration;
 
-use twofa_authz::store::redis::RedisSessionStore;
-
 use crate::support::redis::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_session_store_conforms() {
     let redis = RedisServer::start().await;
-    let store = RedisSessionStore::connect(&redis.url(), 4, "conf:".into()).expect("store");
+    let store = crate::conformance::redis_sessions(&redis.url(), "conf:");
     let now = crate::support::keycloak::now();
     // Redis keeps its own time: expiry is observed by waiting.
     crate::conformance::session_store(&store, now, |s| {

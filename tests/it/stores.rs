@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::conformance;
 use redis::AsyncCommands;
 use twofa_authz::store::postgres::PostgresProfileStore;
-use twofa_authz::store::redis::{pool, RedisEphemeralStore};
+use twofa_authz::store::redis::RedisEphemeralStore;
 use twofa_authz::store::{EphemeralStore, ProfileStore, StoreError};
 
 use crate::support::postgres::Postgres;
@@ -18,10 +18,7 @@ use crate::user_common::create_database;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_ephemeral_store_conforms() {
     let redis = RedisServer::start().await;
-    let store = Arc::new(RedisEphemeralStore::new(
-        pool(&redis.url(), 8).unwrap(),
-        "twofa:".into(),
-    ));
+    let store = Arc::new(crate::conformance::redis_ephemeral(&redis.url(), "twofa:"));
     conformance::ephemeral_store(store.clone(), "redis", |s| async move {
         tokio::time::sleep(Duration::from_secs(s)).await;
     })
@@ -47,7 +44,7 @@ async fn redis_ephemeral_store_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_ephemeral_store_fails_fast_and_recovers() {
     let mut redis = RedisServer::start().await;
-    let store = RedisEphemeralStore::new(pool(&redis.url(), 4).unwrap(), "twofa:".into());
+    let store: RedisEphemeralStore = crate::conformance::redis_ephemeral(&redis.url(), "twofa:");
     store.ping().await.unwrap();
     redis.stop();
     let t = Instant::now();

@@ -79,6 +79,8 @@ pub struct Options {
     pub own_postgres: bool,
     /// This cluster (e.g. `Postgres::start_tls`) instead, as the test's own.
     pub postgres: Option<Postgres>,
+    /// The Redis deployment (default: one plain server).
+    pub redis: Option<crate::support::redis::Topology>,
 }
 
 impl UserStack {
@@ -131,7 +133,8 @@ impl UserStack {
                 .set_str("security", "otp_resend_interval", "1s");
             tweak(c);
         };
-        let stack = Stack::start_with(opts.proxy, configure).await;
+        let topology = opts.redis.unwrap_or(crate::support::redis::Topology::Plain);
+        let stack = Stack::start_on(topology, opts.proxy, configure).await;
         UserStack {
             stack,
             smtp,

@@ -90,8 +90,7 @@ impl RedisTarget {
             Some(p) => {
                 // Checked here as well as in the configuration, for callers
                 // that build a target from a hand-made StorageConfig.
-                crate::tls::read_ca_bundle(p)
-                    .map_err(|e| format!("storage.redis_ca_path: {e}"))?;
+                crate::tls::read_ca_bundle(p).map_err(|e| format!("storage.redis_ca_path: {e}"))?;
                 let pem = std::fs::read(p).map_err(|e| {
                     format!("storage.redis_ca_path: cannot read {}: {e}", p.display())
                 })?;
@@ -154,7 +153,10 @@ impl RedisTarget {
                 .iter()
                 .map(|u| node_info(key, u.expose()))
                 .collect::<Result<Vec<_>, _>>()?;
-            let first = infos.first().ok_or_else(|| format!("{key}: empty"))?.clone();
+            let first = infos
+                .first()
+                .ok_or_else(|| format!("{key}: empty"))?
+                .clone();
             let tls = matches!(first.addr(), ConnectionAddr::TcpTls { .. });
             let shown = format!(
                 "the primary `{master}` named by the sentinels {}",
@@ -314,7 +316,9 @@ fn conn_config() -> AsyncConnectionConfig {
 /// one is acknowledged and adds milliseconds to every Check. Errors name the
 /// key, never the URL (it may hold a password).
 fn node_info(key: &str, url: &str) -> Result<ConnectionInfo, String> {
-    let info = url.into_connection_info().map_err(|e| format!("{key}: {e}"))?;
+    let info = url
+        .into_connection_info()
+        .map_err(|e| format!("{key}: {e}"))?;
     let tcp = info.tcp_settings().clone().set_nodelay(true);
     Ok(info.set_tcp_settings(tcp))
 }

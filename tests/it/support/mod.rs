@@ -33,7 +33,7 @@ use caddy::Caddy;
 use envoy::{Envoy, Targets};
 use keycloak::{Keycloak, Token};
 use nginx::Nginx;
-use redis::{RedisServer, SessionKey};
+use redis::{RedisServer, SessionKey, TestRedis, Topology};
 use upstream::{Echoed, Upstream};
 
 pub const KEY_PREFIX: &str = "twofa:";
@@ -60,6 +60,19 @@ pub enum Proxy {
 /// The configuration every test starts from: fast key refetches, the stand-ins'
 /// addresses, the policy above.
 pub fn base_config(keycloak: &Keycloak, redis: &RedisServer) -> AppConfig {
+    let mut config = base_config_without_redis(keycloak);
+    config.set_str("storage", "redis_url", &redis.url());
+    config
+}
+
+/// [`base_config`] on a Redis deployment of any topology.
+pub fn base_config_on(keycloak: &Keycloak, redis: &TestRedis) -> AppConfig {
+    let mut config = base_config_without_redis(keycloak);
+    redis.configure(&mut config);
+    config
+}
+
+fn base_config_without_redis(keycloak: &Keycloak) -> AppConfig {
     let mut config = AppConfig::default();
     config
         .set_str("keycloak", "url", keycloak.base_url())
@@ -73,7 +86,6 @@ pub fn base_config(keycloak: &Keycloak, redis: &RedisServer) -> AppConfig {
         .set_str("keycloak", "leeway", "30s")
         .set_str("keycloak", "jwks_min_refresh_interval", "1s")
         .set_str("keycloak", "jwks_cache_ttl", "10m")
-        .set_str("storage", "redis_url", &redis.url())
         // Relative to the process's working directory, its own temp dir.
         .set_str("storage", "database_url", "sqlite://twofa.db")
         .set_str("storage", "key_prefix", KEY_PREFIX)
@@ -99,7 +111,7 @@ pub struct Stack {
     pub app: App,
     pub upstream: Upstream,
     pub keycloak: Keycloak,
-    pub redis: RedisServer,
+    pub redis: TestRedis,
     pub config: AppConfig,
 }
 
@@ -110,10 +122,21 @@ impl Stack {
 
     /// Starts a stack whose configuration `tweak` may change first.
     pub async fn start_with(proxy: Option<Proxy>, tweak: impl FnOnce(&mut AppConfig)) -> Stack {
-        let redis = RedisServer::start().await;
-        let keycloak = Keycloak::start().await;
-        let upstream = Upstream::start().await;
-        let mut config = base_config(&keycloak, &redis);
+        Stack::start_on(Topology::Plain, proxy, tweak).await
+    }
+
+    /// A stack on a Redis deployment of the given topology.
+    pub async fn start_on(
+        topology: Topology,
+        proxy: Option<Proxy>,
+        tweak: impl FnOnce(&mut AppConfig),
+    ) -> Stack {
+        let (redis, keycloak, upstream) = tokio::join!(
+            TestRedis::start(topology),
+            Keycloak::start(),
+            Upstream::start()
+        );
+        let mut config = base_config_on(&keycloak, &redis);
         tweak(&mut config);
         let app = App::start(&config).await;
         let targets = Targets {
