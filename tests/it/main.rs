@@ -43,6 +43,7 @@ mod otp_rotation;
 mod pg_tls;
 mod readiness;
 mod recovery_burst;
+mod redis_tier;
 mod service;
 mod session_store;
 mod stores;
