@@ -188,7 +188,9 @@ impl Link {
                 Ok(Err(e)) => {
                     let f = match self.target.failure(&e) {
                         StoreError::Incompatible(s) => ConnectFailure::Incompatible(s),
-                        other => ConnectFailure::Unavailable(other.to_string()),
+                        StoreError::Unavailable(s) | StoreError::Corrupt(s) => {
+                            ConnectFailure::Unavailable(s)
+                        }
                     };
                     *last = Some(f.clone());
                     Err(f.into())
@@ -204,6 +206,29 @@ impl Link {
         tokio::time::timeout(limit + limit / 2, attempt)
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable("redis: connect timed out".into())))
+    }
+}
+
+impl Link {
+    /// Whether decisions can be made: `PING` on one server (Sentinel's
+    /// primary included); on a Cluster, `CLUSTER INFO` of a node must say
+    /// `cluster_state:ok` (every slot served), since a key of any user may
+    /// live on any primary.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        if self.target.topology() == super::Topology::Cluster {
+            let mut c = redis::cmd("CLUSTER");
+            c.arg("INFO");
+            let info: String = self.read(Req::Cmd(&c)).await?;
+            if !info.contains("cluster_state:ok") {
+                return Err(StoreError::Unavailable(
+                    "redis: the cluster is not ok (cluster_state:fail)".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let c = redis::cmd("PING");
+        let _: redis::Value = self.read(Req::Cmd(&c)).await?;
+        Ok(())
     }
 }
 

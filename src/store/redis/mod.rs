@@ -170,9 +170,7 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let c = redis::cmd("PING");
-        let _: redis::Value = self.link.read(Req::Cmd(&c)).await?;
-        Ok(())
+        self.link.ping().await
     }
 }
 
@@ -322,9 +320,7 @@ impl super::EphemeralStore for RedisEphemeralStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let c = redis::cmd("PING");
-        let _: redis::Value = self.link.read(Req::Cmd(&c)).await?;
-        Ok(())
+        self.link.ping().await
     }
 
     async fn take_attempt(&self, user: &str, limits: AttemptLimits) -> Result<Attempt, StoreError> {
