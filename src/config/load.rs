@@ -505,6 +505,15 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             "at most 64 characters, no spaces",
         ));
     }
+    if st.key_prefix.contains(['{', '}']) {
+        // A brace in the prefix would become (part of) every key's Redis
+        // Cluster hash tag: the keys of one user would no longer share a
+        // slot, or every key would share one.
+        return Err(ConfigError::new(
+            "storage.key_prefix",
+            "must not contain { or }: the user's {hash tag} chooses the Redis Cluster slot",
+        ));
+    }
 
     if c.cache.token_capacity > MAX_CACHE_CAPACITY {
         return Err(ConfigError::new(
@@ -902,6 +911,87 @@ mod tests {
         assert_eq!(e.key, "storage.database_ca_path");
         let e = with("postgres://db/x", Some(&dir.path().join("absent.pem"))).unwrap_err();
         assert_eq!(e.key, "storage.database_ca_path");
+    }
+
+    #[test]
+    fn redis_topology_keys_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("redis-ca.pem");
+        std::fs::write(
+            &ca,
+            rcgen::generate_simple_self_signed(vec!["ca.test".into()])
+                .unwrap()
+                .cert
+                .pem(),
+        )
+        .unwrap();
+        let with = |pairs: &[(&str, &str)]| {
+            let mut env = base_env();
+            for (k, v) in pairs {
+                env.push((
+                    format!("TWOFA_STORAGE__{}", k.to_uppercase()),
+                    v.to_string(),
+                ));
+            }
+            load(None, env, false)
+        };
+        let c = with(&[(
+            "redis_cluster_urls",
+            "redis://:pw@10.0.0.1:7000, redis://:pw@10.0.0.2:7000",
+        )])
+        .unwrap();
+        assert_eq!(c.storage.redis_cluster_urls.len(), 2);
+        let shown = c.redacted_toml();
+        assert!(!shown.contains(":pw@"), "{shown}");
+        assert!(
+            shown.contains("# Redis: Redis Cluster, 2 seed node(s); plaintext"),
+            "{shown}"
+        );
+        let c = with(&[
+            ("redis_sentinel_urls", "rediss://s1:26379,rediss://s2:26379"),
+            ("redis_sentinel_master", "mymaster"),
+            ("redis_ca_path", ca.to_str().unwrap()),
+        ])
+        .unwrap();
+        assert_eq!(c.storage.redis_sentinel_master.as_deref(), Some("mymaster"));
+        assert!(c.redacted_toml().contains("redis-ca.pem"));
+
+        let e = with(&[
+            ("redis_cluster_urls", "redis://a:7000"),
+            ("redis_sentinel_urls", "redis://s:26379"),
+            ("redis_sentinel_master", "m"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key, "storage.redis_cluster_urls");
+        assert!(e.message.contains("storage.redis_sentinel_urls"), "{e}");
+        let e = with(&[("redis_sentinel_urls", "redis://s:26379")]).unwrap_err();
+        assert_eq!(e.key, "storage.redis_sentinel_master");
+        let e = with(&[("redis_sentinel_master", "m")]).unwrap_err();
+        assert_eq!(e.key, "storage.redis_sentinel_master");
+        let e = with(&[
+            ("redis_url", "redis://r:6379"),
+            ("redis_ca_path", ca.to_str().unwrap()),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key, "storage.redis_ca_path");
+        let e = with(&[("redis_url", "rediss://r:6379#insecure")]).unwrap_err();
+        assert_eq!(e.key, "storage.redis_url");
+        assert!(e.message.contains("#insecure"), "{e}");
+        let e = with(&[("redis_cluster_urls", "redis://a:1,rediss://b:2")]).unwrap_err();
+        assert_eq!(e.key, "storage.redis_cluster_urls");
+        let e = with(&[("redis_cluster_urls", "http://a:1")]).unwrap_err();
+        assert_eq!(e.key, "storage.redis_cluster_urls");
+        let e = with(&[
+            ("redis_url", "rediss://r:6379"),
+            (
+                "redis_ca_path",
+                dir.path().join("absent.pem").to_str().unwrap(),
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key, "storage.redis_ca_path");
+        let e = with(&[("key_prefix", "app{x}:")]).unwrap_err();
+        assert_eq!(e.key, "storage.key_prefix");
     }
 
     #[test]

@@ -357,3 +357,104 @@ impl super::EphemeralStore for RedisEphemeralStore {
         Ok(n > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::keys;
+
+    /// CRC16-CCITT (XMODEM), the checksum Redis Cluster computes slots with.
+    fn crc16(data: &[u8]) -> u16 {
+        let mut crc: u16 = 0;
+        for &b in data {
+            crc ^= u16::from(b) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc
+    }
+
+    /// The slot of a key as Redis Cluster computes it: of the text between
+    /// the first `{` and the next `}` when that is not empty, else of the
+    /// whole key.
+    fn slot(key: &str) -> u16 {
+        let b = key.as_bytes();
+        let tagged = key.find('{').and_then(|open| {
+            let len = key[open + 1..].find('}')?;
+            (len > 0).then(|| &b[open + 1..open + 1 + len])
+        });
+        crc16(tagged.unwrap_or(b)) % 16384
+    }
+
+    #[test]
+    fn slots_match_redis() {
+        // CLUSTER KEYSLOT of a real Redis.
+        assert_eq!(slot("123456789"), 12739);
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_eq!(slot("foo{}{bar}"), slot("foo{}{bar}"));
+        assert_ne!(slot("foo{}{bar}"), slot("bar"));
+    }
+
+    fn one_slot(what: &str, keys: &[String]) {
+        let first = slot(&keys[0]);
+        for k in keys {
+            assert_eq!(
+                slot(k),
+                first,
+                "{what}: {k} is in another slot than {}",
+                keys[0]
+            );
+        }
+    }
+
+    /// Every key set that one script, MULTI or multi-key command of the
+    /// stores uses lands in one slot, whatever the prefix and the user.
+    #[test]
+    fn every_multi_key_request_stays_in_one_slot() {
+        let subjects = [
+            crate::token::subject_hash("https://kc.example/realms/a", "alice"),
+            crate::token::subject_hash("https://kc.example/realms/b", "bob"),
+            "0".repeat(64),
+        ];
+        for prefix in ["twofa:", "", "prod:twofa:", "x"] {
+            let p = |k: String| format!("{prefix}{k}");
+            for s in &subjects {
+                let session = crate::token::session_hash("https://kc.example", s, "sid-1");
+                let other = crate::token::session_hash("https://kc.example", s, "sid-2");
+                // take_attempt (TAKE_ATTEMPT) and clear_attempts (DEL of three).
+                one_slot(
+                    "the attempt budget",
+                    &[
+                        p(keys::attempts(s)),
+                        p(keys::lockout(s)),
+                        p(keys::lockout_series(s)),
+                    ],
+                );
+                // put and drop_session: MULTI of the session and its index.
+                one_slot(
+                    "a session and its index",
+                    &[p(keys::session(s, &session)), p(keys::subject_sessions(s))],
+                );
+                // remove_subject (REMOVE_SUBJECT): the index and every
+                // session key it builds from ARGV[1] .. member.
+                let built = |h: &str| format!("{}{h}", p(keys::session(s, "")));
+                assert_eq!(built(&session), p(keys::session(s, &session)));
+                one_slot(
+                    "remove_subject",
+                    &[p(keys::subject_sessions(s)), built(&session), built(&other)],
+                );
+            }
+        }
+        // Keys of two users are never in one request; different users are
+        // (usually) on different slots, so the tag is what chooses.
+        assert_ne!(
+            slot(&keys::attempts(&subjects[0])),
+            slot(&keys::attempts(&subjects[1]))
+        );
+    }
+}
