@@ -1,6 +1,8 @@
 //! Every key of the short-lived stores (Redis, or the in-process stand-ins),
-//! named in one place. The stores add `storage.key_prefix` in front of each
-//! key; nothing here carries it.
+//! named in one place: this table is the keyspace's documentation
+//! (docs/deploy.md, "Managed Redis", links here). The stores add
+//! `storage.key_prefix` in front of each key; nothing here carries it, and the
+//! prefix holds no `{`/`}` so that only the tag below chooses the slot.
 //!
 //! `S` is the user's subject hash, hex SHA-256 of (iss, sub)
 //! (`token::subject_hash`): keys stay short and free of whatever characters an
