@@ -773,7 +773,23 @@ mod redis_topologies {
 
     async fn conforms(topology: Topology) {
         let redis = TestRedis::start(topology).await;
-        let (sessions, ephemeral) = super::redis_stores(&redis.storage_config("conf:"));
+        let cfg = redis.storage_config("conf:");
+        let (sessions, ephemeral) = super::redis_stores(&cfg);
+
+        // What an invalidation channel connects to: the current primary,
+        // none on a Cluster.
+        let target = twofa_authz::store::redis_target(&cfg).unwrap().unwrap();
+        let info = target.tracking_info().await.expect("tracking info");
+        let port = info.map(|i| match i.addr() {
+            redis::ConnectionAddr::Tcp(_, p) | redis::ConnectionAddr::TcpTls { port: p, .. } => *p,
+            other => panic!("{other}"),
+        });
+        let want = match &redis {
+            TestRedis::Cluster(_) => None,
+            TestRedis::Sentinel(s) => Some(s.primary_port().await),
+            other => Some(other.port()),
+        };
+        assert_eq!(port, want, "{topology:?}");
         let now = crate::support::keycloak::now();
         let wait = |s: u64| tokio::time::sleep(Duration::from_millis(s * 1000 + 100));
         super::session_store(&sessions, now, wait).await;

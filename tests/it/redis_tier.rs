@@ -339,18 +339,21 @@ async fn readyz(stack: &Stack) -> (u16, Value) {
     (r.status, r.json())
 }
 
-/// With Redis down (one TLS server; one primary of a Cluster), `/readyz` is
+/// With Redis down (one TLS server; one primary of a Cluster; Sentinel's
+/// primary and replica), `/readyz` is
 /// 503 naming the session store and gRPC health NOT_SERVING; both follow it
 /// back. (One plain server: `readiness.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_follows_redis_over_tls_and_on_a_cluster() {
-    for topology in [Topology::Tls, Topology::Cluster] {
+async fn readiness_follows_redis_in_each_topology() {
+    for topology in [Topology::Tls, Topology::Cluster, Topology::Sentinel] {
         let mut stack = Stack::start_on(topology, None, |_| {}).await;
         let (status, body) = readyz(&stack).await;
         assert_eq!(status, 200, "{topology:?}: {body}");
         assert!(grpc_health_becomes(stack.app.grpc_addr(), ServingStatus::Serving).await);
         match &mut stack.redis {
             TestRedis::Cluster(c) => c.nodes[1].stop(),
+            // Primary and replica both gone: no primary to be found.
+            TestRedis::Sentinel(s) => s.servers.iter_mut().for_each(|x| x.stop()),
             other => other.stop(),
         }
         let down = poll_until(Duration::from_secs(10), || async {
@@ -380,6 +383,11 @@ async fn readiness_follows_redis_over_tls_and_on_a_cluster() {
         );
         match &mut stack.redis {
             TestRedis::Cluster(c) => c.nodes[1].restart().await,
+            TestRedis::Sentinel(s) => {
+                for x in s.servers.iter_mut() {
+                    x.restart().await;
+                }
+            }
             other => other.restart().await,
         }
         let up = poll_until(Duration::from_secs(20), || async {
