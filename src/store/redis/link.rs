@@ -118,7 +118,8 @@ impl Link {
         }
     }
 
-    /// One try; on failure also whether the connection was dropped.
+    /// One try; on failure also whether it is worth one more on a new
+    /// connection (the old one was found dead).
     async fn once<T: FromRedisValue>(
         &self,
         req: &Req<'_>,
@@ -138,11 +139,13 @@ impl Link {
                 if broken {
                     self.drop_conn(generation);
                 }
-                Err((self.target.failure(&e), broken))
+                // A slow Redis is not helped by asking again: only a dead
+                // connection is worth a second try.
+                Err((self.target.failure(&e), broken && !e.is_timeout()))
             }
             Err(_) => {
                 self.drop_conn(generation);
-                Err((StoreError::Unavailable("redis: timed out".into()), true))
+                Err((StoreError::Unavailable("redis: timed out".into()), false))
             }
         }
     }
@@ -181,6 +184,9 @@ impl Link {
             match r {
                 Ok(Ok(conn)) => {
                     let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                    if last.is_some() {
+                        tracing::info!("redis: connected again");
+                    }
                     *self.current.lock() = Some((g, conn.clone()));
                     *last = None;
                     Ok((g, conn))
@@ -192,6 +198,17 @@ impl Link {
                             ConnectFailure::Unavailable(s)
                         }
                     };
+                    if last.is_none() {
+                        // Once per outage, not once per request.
+                        match &f {
+                            ConnectFailure::Incompatible(s) => {
+                                tracing::error!(error = %s, "redis: cannot be used")
+                            }
+                            ConnectFailure::Unavailable(s) => {
+                                tracing::warn!(error = %s, "redis: cannot connect")
+                            }
+                        }
+                    }
                     *last = Some(f.clone());
                     Err(f.into())
                 }
