@@ -66,7 +66,8 @@ CONFIG_KEYS = {
         "sync_verified_contacts",
     },
     "storage": {"database_url", "database_ca_path", "redis_url", "pool_size", "key_prefix",
-                "auto_migrate"},
+                "auto_migrate", "redis_cluster_urls", "redis_sentinel_urls",
+                "redis_sentinel_master", "redis_ca_path"},
     "security": {
         "encryption_keys", "second_factor_ttl", "methods", "otp_length", "otp_ttl",
         "otp_resend_interval", "max_attempts", "lockout", "max_consecutive_failures",
@@ -86,6 +87,7 @@ CONFIG_KEYS = {
 # Keys that hold secrets: they may be given as `<key>_file`.
 SECRET_KEYS = {
     "keycloak.admin_client_secret", "storage.database_url", "storage.redis_url",
+    "storage.redis_cluster_urls", "storage.redis_sentinel_urls",
     "security.encryption_keys", "email.smtp_url", "email.resend_api_key",
     "sms.twilio_auth_token", "sms.webhook_bearer_token",
 }
