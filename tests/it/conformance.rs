@@ -822,4 +822,9 @@ mod redis_topologies {
     async fn redis_stores_conform_under_sentinel() {
         conforms(Topology::Sentinel).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_stores_conform_under_sentinel_over_tls() {
+        conforms(Topology::SentinelTls).await;
+    }
 }

@@ -223,7 +223,17 @@ async fn a_cluster_runs_every_short_lived_feature() {
 /// primary, and writes (a logout) go there: no restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_is_followed_and_fails_closed_meanwhile() {
-    let mut stack = Stack::start_on(Topology::Sentinel, None, |_| {}).await;
+    sentinel_failover(Topology::Sentinel).await;
+}
+
+/// The same with the sentinel, the primary and the replica over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_over_tls() {
+    sentinel_failover(Topology::SentinelTls).await;
+}
+
+async fn sentinel_failover(topology: Topology) {
+    let mut stack = Stack::start_on(topology, None, |_| {}).await;
     let verified = stack.keycloak.token().build();
     let unverified = stack.keycloak.token().user("mallory").build();
     stack.mark_verified(&verified, "totp", now()).await;

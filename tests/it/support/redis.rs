@@ -24,6 +24,22 @@ pub struct TlsFiles {
     key: PathBuf,
 }
 
+impl TlsFiles {
+    /// A certificate for `127.0.0.1` and `localhost` issued by `ca`, written
+    /// to `dir` with the CA's certificate.
+    pub fn issue(ca: &TestCa, dir: &std::path::Path, stem: &str) -> TlsFiles {
+        let (cert, key) = ca
+            .issue_server(&["127.0.0.1", "localhost"])
+            .write(dir, stem);
+        TlsFiles {
+            ca_path: ca.write_cert(dir, "ca.pem"),
+            ca_pem: ca.cert_pem().to_owned(),
+            cert,
+            key,
+        }
+    }
+}
+
 /// A Redis server on a free loopback port that keeps nothing on disk, so that a
 /// restart comes back empty, as a crashed production Redis without persistence does.
 pub struct RedisServer {
@@ -47,16 +63,18 @@ impl RedisServer {
             .tempdir()
             .expect("temp dir");
         let ca = TestCa::new("twofa test Redis CA");
-        let (cert, key) = ca
-            .issue_server(&["127.0.0.1", "localhost"])
-            .write(dir.path(), "redis");
-        let files = TlsFiles {
-            ca_path: ca.write_cert(dir.path(), "ca.pem"),
-            ca_pem: ca.cert_pem().to_owned(),
-            cert,
-            key,
-        };
+        let files = TlsFiles::issue(&ca, dir.path(), "redis");
         RedisServer::start_in(dir, Some(files), &[]).await
+    }
+
+    /// A server over TLS with a certificate of `ca`.
+    pub async fn start_tls_of(ca: &TestCa, extra: &[String]) -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("twofa-redis-tls-")
+            .tempdir()
+            .expect("temp dir");
+        let files = TlsFiles::issue(ca, dir.path(), "redis");
+        RedisServer::start_in(dir, Some(files), extra).await
     }
 
     /// A server with extra arguments (`--cluster-enabled yes`, `--replicaof …`).
@@ -303,6 +321,8 @@ pub enum Topology {
     Tls,
     Cluster,
     Sentinel,
+    /// Sentinel with every node (sentinel, primary, replica) over TLS.
+    SentinelTls,
 }
 
 /// One Redis deployment of a given [`Topology`], started for one test.
@@ -354,6 +374,7 @@ impl TestRedis {
             Topology::Tls => TestRedis::Tls(RedisServer::start_tls().await),
             Topology::Cluster => TestRedis::Cluster(RedisCluster::start().await),
             Topology::Sentinel => TestRedis::Sentinel(RedisSentinel::start().await),
+            Topology::SentinelTls => TestRedis::Sentinel(RedisSentinel::start_with(true).await),
         }
     }
 
@@ -362,6 +383,7 @@ impl TestRedis {
             TestRedis::Plain(_) => Topology::Plain,
             TestRedis::Tls(_) => Topology::Tls,
             TestRedis::Cluster(_) => Topology::Cluster,
+            TestRedis::Sentinel(s) if s.ca_path().is_some() => Topology::SentinelTls,
             TestRedis::Sentinel(_) => Topology::Sentinel,
         }
     }
@@ -400,6 +422,9 @@ impl TestRedis {
                         "redis_sentinel_master",
                         toml_string(SENTINEL_MASTER),
                     );
+                if let Some(ca) = s.ca_path() {
+                    config.set_str("storage", "redis_ca_path", &ca.display().to_string());
+                }
             }
         }
     }
@@ -423,6 +448,7 @@ impl TestRedis {
             TestRedis::Sentinel(s) => {
                 c.redis_sentinel_urls = vec![SecretUrl::new(s.sentinel_url())];
                 c.redis_sentinel_master = Some(SENTINEL_MASTER.into());
+                c.redis_ca_path = s.ca_path();
             }
         }
         c
@@ -593,22 +619,41 @@ pub const SENTINEL_MASTER: &str = "twofa-primary";
 pub struct RedisSentinel {
     pub servers: Vec<RedisServer>,
     sentinel_port: u16,
+    sentinel_tls: Option<TlsFiles>,
     _sentinel: ChildGuard,
     _dir: TempDir,
 }
 
 impl RedisSentinel {
     pub async fn start() -> RedisSentinel {
-        let primary = RedisServer::start().await;
-        let replica = RedisServer::start_with(
-            None,
-            &[
-                "--replicaof".into(),
-                "127.0.0.1".into(),
-                primary.port().to_string(),
-            ],
-        )
-        .await;
+        RedisSentinel::start_with(false).await
+    }
+
+    /// With `tls`: every node, the sentinel included, over TLS only, with
+    /// certificates of one CA, replication over TLS too.
+    pub async fn start_with(tls: bool) -> RedisSentinel {
+        let ca = TestCa::new("twofa test Sentinel CA");
+        let tls_args: Vec<String> = if tls {
+            vec!["--tls-replication".into(), "yes".into()]
+        } else {
+            vec![]
+        };
+        let primary = if tls {
+            RedisServer::start_tls_of(&ca, &tls_args).await
+        } else {
+            RedisServer::start().await
+        };
+        let mut replica_args = vec![
+            "--replicaof".to_string(),
+            "127.0.0.1".into(),
+            primary.port().to_string(),
+        ];
+        replica_args.extend(tls_args.iter().cloned());
+        let replica = if tls {
+            RedisServer::start_tls_of(&ca, &replica_args).await
+        } else {
+            RedisServer::start_with(None, &replica_args).await
+        };
         let pc = primary.client();
         wait_until("the replica to be in sync", Duration::from_secs(20), || {
             let pc = pc.clone();
@@ -631,10 +676,21 @@ impl RedisSentinel {
             .expect("temp dir");
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
+        let tls_files = tls.then(|| TlsFiles::issue(&ca, dir.path(), "sentinel"));
+        let listen = match &tls_files {
+            Some(t) => format!(
+                "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                t.cert.display(),
+                t.key.display(),
+                t.ca_path.display()
+            ),
+            None => format!("port {port}\n"),
+        };
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                "{listen}bind 127.0.0.1\ndir {dir}\n\
                  sentinel monitor {m} 127.0.0.1 {p} 1\n\
                  sentinel down-after-milliseconds {m} 1000\n\
                  sentinel failover-timeout {m} 5000\n\
@@ -651,13 +707,14 @@ impl RedisSentinel {
         let s = RedisSentinel {
             servers: vec![primary, replica],
             sentinel_port: port,
+            sentinel_tls: tls_files,
             _sentinel: {
                 child.assert_running();
                 child
             },
             _dir: dir,
         };
-        let sc = client_for(&s.sentinel_url(), None);
+        let sc = client_for(&s.sentinel_url(), s.sentinel_tls.as_ref());
         wait_until(
             "the sentinel to know the replica",
             Duration::from_secs(20),
@@ -685,11 +742,19 @@ impl RedisSentinel {
     }
 
     pub fn sentinel_url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.sentinel_port)
+        match self.sentinel_tls {
+            Some(_) => format!("rediss://127.0.0.1:{}/", self.sentinel_port),
+            None => format!("redis://127.0.0.1:{}/", self.sentinel_port),
+        }
+    }
+
+    /// The CA of every node when they speak TLS.
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        self.sentinel_tls.as_ref().map(|t| t.ca_path.clone())
     }
 
     async fn sentinel(&self) -> redis::aio::MultiplexedConnection {
-        client_for(&self.sentinel_url(), None)
+        client_for(&self.sentinel_url(), self.sentinel_tls.as_ref())
             .get_multiplexed_async_connection()
             .await
             .expect("connect to the sentinel")
