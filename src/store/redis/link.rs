@@ -103,9 +103,9 @@ impl Link {
         self.once(&req, g, &mut c).await.map_err(|(e, _)| e)
     }
 
-    /// Sends a request that only reads (or writes what it would write
-    /// again: a `PING`, a `GET`): when the connection turns out to be dead,
-    /// it is sent once more on a new one.
+    /// Sends a request that only reads, or whose repetition changes nothing
+    /// (`GET`, `PTTL`, `PING`, a plain `SET … PX`): when the connection turns
+    /// out to be dead, it is sent once more on a new one.
     pub async fn read<T: FromRedisValue>(&self, req: Req<'_>) -> Result<T, StoreError> {
         let (g, mut c) = self.conn().await?;
         match self.once(&req, g, &mut c).await {
