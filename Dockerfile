@@ -12,6 +12,11 @@
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src
+# The commit for twofa_build_info (.git is not in the build context):
+#   docker build --build-arg TWOFA_BUILD_COMMIT=$(git rev-parse --short HEAD) .
+# Unset: "unknown".
+ARG TWOFA_BUILD_COMMIT=unknown
+ENV TWOFA_BUILD_COMMIT=${TWOFA_BUILD_COMMIT}
 COPY . .
 # The cache mounts keep the crate registry and the target directory between
 # builds (BuildKit); the binary is copied out of the cached target dir in the

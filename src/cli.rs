@@ -8,11 +8,50 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigError};
 
+const LONG_ABOUT: &str = "\
+Second-factor enforcement for Keycloak sessions behind Envoy and nginx.
+
+twofa-authz answers Envoy's ext_authz gRPC Check (server.grpc_addr) and the
+forward-auth requests of nginx, Traefik, Caddy and Envoy's HTTP ext_authz
+(server.http_addr, /authz/...), and serves the /user API with which users
+enroll TOTP, verify an email or a mobile number and pass a second factor.";
+
+const AFTER_HELP: &str = "\
+Configuration (docs/configuration.md lists every key):
+  Layered, each layer overriding the one before it:
+    1. built-in defaults
+    2. the TOML file of --config FILE (or of TWOFA_CONFIG)
+    3. environment variables TWOFA_<SECTION>__<KEY>, upper case, two
+       underscores between section and key: keycloak.url is
+       TWOFA_KEYCLOAK__URL. Lists are comma-separated, durations are
+       strings (\"30s\", \"10m\", \"12h\").
+  A secret key X can be given as X_file naming a file that holds it
+  (Kubernetes secret mounts), e.g. TWOFA_STORAGE__REDIS_URL_FILE.
+  A TWOFA_* variable that names no key is reported at start.
+
+Exit codes:
+  0  success (serve: stopped by SIGTERM/SIGINT after draining)
+  1  runtime failure (a listener cannot bind, a store is unreachable, ...)
+  2  configuration error (the message names the key)
+
+Example:
+  TWOFA_KEYCLOAK__URL=https://sso.example.com TWOFA_KEYCLOAK__REALM=demo \\
+    twofa-authz check-config --config /etc/twofa-authz/config.toml
+  twofa-authz serve --config /etc/twofa-authz/config.toml
+  twofa-authz serve --dev        # try it on one machine, nothing else needed
+
+Logs go to stderr (log.format = \"text\" or \"json\"; log.level, or a filter
+such as \"info,twofa_authz=debug\"). Troubleshooting: docs/troubleshooting.md.";
+
+const CONFIG_HELP: &str = "TOML configuration file; unset: defaults and the environment only";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "twofa-authz",
     version,
-    about = "Second-factor enforcement for Keycloak sessions behind Envoy and nginx"
+    about = "Second-factor enforcement for Keycloak sessions behind Envoy and nginx",
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -22,37 +61,63 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the gRPC (Envoy ext_authz) and HTTP listeners until SIGTERM/SIGINT.
+    ///
+    /// On SIGTERM/SIGINT it stops accepting, finishes in-flight requests (at
+    /// most 10 s) and exits 0. Applies database migrations first unless
+    /// storage.auto_migrate = false. Refuses (exit 2) a `log` delivery
+    /// provider for a channel in security.methods outside --dev.
+    #[command(after_help = AFTER_HELP)]
     Serve {
-        #[arg(long, env = "TWOFA_CONFIG")]
+        #[arg(long, env = "TWOFA_CONFIG", value_name = "FILE", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         /// Everything embedded, for trying it on one machine. Never in production.
+        ///
+        /// SQLite file ./twofa-dev.db, in-memory session store, a built-in
+        /// token issuer (POST /dev/token), one-time codes written to the log.
+        /// Refuses to bind a non-loopback address.
         #[arg(long)]
         dev: bool,
     },
     /// Apply database migrations and exit.
+    #[command(after_help = AFTER_HELP)]
     Migrate {
-        #[arg(long, env = "TWOFA_CONFIG")]
+        #[arg(long, env = "TWOFA_CONFIG", value_name = "FILE", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         /// Also rewrite every encrypted secret under the first encryption key.
+        ///
+        /// After adding a new key in front of security.encryption_keys; once
+        /// done, the old keys can be removed.
         #[arg(long)]
         reencrypt: bool,
     },
     /// Administrator reset of one user (by Keycloak `sub`).
+    ///
+    /// Removes the user's TOTP, recovery codes, lockout and verified
+    /// sessions, so that the user can enroll again; prints what it removed.
+    #[command(after_help = AFTER_HELP)]
     ResetUser {
+        /// The user's Keycloak subject (the token's `sub` claim).
         sub: String,
-        #[arg(long, env = "TWOFA_CONFIG")]
+        #[arg(long, env = "TWOFA_CONFIG", value_name = "FILE", help = CONFIG_HELP)]
         config: Option<PathBuf>,
     },
     /// Validate the configuration and print it with secrets redacted.
+    ///
+    /// Exits 0, or 2 with a message naming the bad key. Applies the same
+    /// checks as `serve`, and reports TWOFA_* variables that name no key.
+    #[command(after_help = AFTER_HELP)]
     CheckConfig {
-        #[arg(long, env = "TWOFA_CONFIG")]
+        #[arg(long, env = "TWOFA_CONFIG", value_name = "FILE", help = CONFIG_HELP)]
         config: Option<PathBuf>,
     },
     /// Print an `otpauth://` URI (e.g. from `POST /user/generate-totp`) as a
     /// QR code in the terminal, to scan with an authenticator app. Reads the
     /// URI from standard input when none (or `-`) is given. Needs no
     /// configuration.
-    Qr { uri: Option<String> },
+    Qr {
+        /// The otpauth:// URI; `-` or nothing: read it from standard input.
+        uri: Option<String>,
+    },
 }
 
 pub const EXIT_RUNTIME: i32 = 1;
@@ -75,11 +140,23 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
+    if let Command::Serve { .. } | Command::CheckConfig { .. } = cli.command {
+        if let Err(e) = config::check_delivery(&cfg) {
+            return config_error(&e);
+        }
+    }
+    let env_warnings = config::keys::env_warnings(std::env::vars());
     if let Command::CheckConfig { .. } = cli.command {
+        for w in &env_warnings {
+            eprintln!("twofa-authz: warning: {w}");
+        }
         print!("{}", cfg.redacted_toml());
         return 0;
     }
     init_logging(&cfg);
+    for w in &env_warnings {
+        tracing::warn!("{w}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -120,8 +197,11 @@ fn init_logging(cfg: &Config) {
 
 async fn serve(cfg: Config) -> i32 {
     // Validated by config::load.
-    let (Ok(grpc_addr), Ok(http_addr)) = (cfg.server.grpc_socket(), cfg.server.http_socket())
-    else {
+    let (Ok(grpc_addr), Ok(http_addr), Ok(metrics_addr)) = (
+        cfg.server.grpc_socket(),
+        cfg.server.http_socket(),
+        cfg.server.metrics_socket(),
+    ) else {
         return EXIT_CONFIG;
     };
     if cfg.dev {
@@ -141,6 +221,17 @@ async fn serve(cfg: Config) -> i32 {
             return EXIT_RUNTIME;
         }
     };
+    let metrics = match metrics_addr {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(addr = %addr, error = %e, "cannot bind server.metrics_addr");
+                return EXIT_RUNTIME;
+            }
+        },
+    };
+    let metrics_local = metrics.as_ref().and_then(|l| l.local_addr().ok());
     let http_local = http.local_addr().unwrap_or(http_addr);
     let state = match crate::app::AppState::build(cfg, crate::clock::system(), http_local) {
         Ok(s) => s,
@@ -149,8 +240,19 @@ async fn serve(cfg: Config) -> i32 {
             return EXIT_RUNTIME;
         }
     };
-    tracing::info!(grpc = %grpc_addr, http = %http_local, "twofa-authz listening");
-    match crate::app::run(state, grpc, http, shutdown_signal()).await {
+    match metrics_local {
+        Some(m) => tracing::info!(
+            grpc = %grpc_addr, http = %http_local, metrics = %m,
+            version = env!("CARGO_PKG_VERSION"), commit = crate::metrics::BUILD_COMMIT,
+            "twofa-authz listening"
+        ),
+        None => tracing::info!(
+            grpc = %grpc_addr, http = %http_local,
+            version = env!("CARGO_PKG_VERSION"), commit = crate::metrics::BUILD_COMMIT,
+            "twofa-authz listening"
+        ),
+    }
+    match crate::app::run(state, grpc, http, metrics, shutdown_signal()).await {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %e, "stopped with an error");

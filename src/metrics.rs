@@ -2,8 +2,8 @@
 //! resolved once at start, so recording a decision hashes no label strings.
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::authz::Outcome;
@@ -128,6 +128,7 @@ impl Metrics {
         registry.register(Box::new(backchannel_logouts.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
+        register_build_and_process(&registry)?;
         Ok(Self {
             registry,
             grpc_checks,
@@ -147,6 +148,33 @@ impl Metrics {
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
     }
+}
+
+/// The commit the binary was built from (build.rs), or "unknown".
+pub const BUILD_COMMIT: &str = env!("TWOFA_BUILD_COMMIT");
+
+/// `twofa_build_info{version,commit} 1`, the usual info-metric shape: a
+/// dashboard or alert joins on it (`* on(instance) group_left(version)`) to
+/// tell which build answered. Plus the standard `process_*` series (CPU,
+/// resident memory, open file descriptors, start time), read from /proc on
+/// Linux at scrape time: they cost nothing between scrapes.
+fn register_build_and_process(registry: &Registry) -> Result<(), prometheus::Error> {
+    let build = IntGaugeVec::new(
+        Opts::new(
+            "twofa_build_info",
+            "Build of the running twofa-authz: version and commit, always 1",
+        ),
+        &["version", "commit"],
+    )?;
+    build
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), BUILD_COMMIT])
+        .set(1);
+    registry.register(Box::new(build))?;
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -201,5 +229,32 @@ mod tests {
             sample(&text, "twofa_check_duration_seconds_count{source=\"http\"}"),
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn build_info_and_process_metrics_are_exported() {
+        let text = Metrics::new().expect("metrics").render();
+        let series = format!(
+            "twofa_build_info{{commit=\"{BUILD_COMMIT}\",version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(sample(&text, &series), Some(1.0), "{series} in\n{text}");
+        assert!(!BUILD_COMMIT.is_empty());
+        assert!(
+            BUILD_COMMIT == "unknown" || BUILD_COMMIT.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{BUILD_COMMIT}"
+        );
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name} in\n{text}"
+            );
+        }
     }
 }

@@ -34,7 +34,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Keys whose value may instead come from `<key>_file`.
-const SECRET_KEYS: &[&str] = &[
+pub const SECRET_KEYS: &[&str] = &[
     "keycloak.admin_client_secret",
     "storage.database_url",
     "storage.redis_url",
@@ -379,8 +379,21 @@ const MAX_CACHE_CAPACITY: usize = 1 << 24;
 fn validate(c: &Config) -> Result<(), ConfigError> {
     let grpc = c.server.grpc_socket()?;
     let http = c.server.http_socket()?;
+    let metrics = c.server.metrics_socket()?;
+    if let Some(m) = metrics {
+        // Port 0 (any free port) never collides.
+        if m.port() != 0 && (m == grpc || m == http) {
+            return Err(ConfigError::new(
+                "server.metrics_addr",
+                "must differ from server.grpc_addr and server.http_addr (leave it unset to serve /metrics on server.http_addr)",
+            ));
+        }
+    }
     if c.dev {
-        for (k, a) in [("server.grpc_addr", grpc), ("server.http_addr", http)] {
+        let listeners = [("server.grpc_addr", grpc), ("server.http_addr", http)]
+            .into_iter()
+            .chain(metrics.map(|m| ("server.metrics_addr", m)));
+        for (k, a) in listeners {
             if !a.ip().is_loopback() {
                 return Err(ConfigError::new(
                     k,
@@ -766,6 +779,36 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             "log.level",
             "not a level or tracing filter (e.g. info, debug, twofa_authz=debug)",
         ));
+    }
+    Ok(())
+}
+
+/// What `serve` and `check-config` demand beyond [`load`]: outside dev mode,
+/// no channel users may pick (`security.methods`) is served by the `log`
+/// provider. `send-otp` would answer 202 and send nothing: users wait for a
+/// code that only the server's log ever sees. (`migrate` and `reset-user`
+/// send nothing and do not ask.)
+pub fn check_delivery(c: &Config) -> Result<(), ConfigError> {
+    if c.dev {
+        return Ok(());
+    }
+    for (method, key, provider, choices) in [
+        (
+            "email",
+            "email.provider",
+            &c.email.provider,
+            "smtp or resend",
+        ),
+        ("sms", "sms.provider", &c.sms.provider, "twilio or webhook"),
+    ] {
+        if provider == "log" && c.security.methods.iter().any(|m| m == method) {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "is \"log\" (the default) while `{method}` is in security.methods: outside dev mode codes would be written to the log and never sent; choose {choices}, or remove `{method}` from security.methods"
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -1200,6 +1243,44 @@ mod tests {
     }
 
     #[test]
+    fn log_providers_are_refused_outside_dev_mode_while_their_channel_is_a_method() {
+        let c = load(None, base_env(), false).unwrap();
+        let e = check_delivery(&c).unwrap_err();
+        assert_eq!(e.key, "email.provider");
+        assert!(e.message.contains("security.methods"), "{e}");
+        let with = |extra: &[(&str, &str)]| {
+            let mut env = base_env();
+            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            check_delivery(&load(None, env, false).unwrap())
+        };
+        let smtp = [
+            ("TWOFA_EMAIL__PROVIDER", "smtp"),
+            ("TWOFA_EMAIL__FROM", "2FA <no-reply@example.com>"),
+            ("TWOFA_EMAIL__SMTP_URL", "smtp://mail.example.com:587"),
+        ];
+        assert_eq!(with(&smtp).unwrap_err().key, "sms.provider");
+        let mut both = smtp.to_vec();
+        both.extend([
+            ("TWOFA_SMS__PROVIDER", "webhook"),
+            ("TWOFA_SMS__WEBHOOK_URL", "https://sms.example.com/send"),
+        ]);
+        assert!(with(&both).is_ok());
+        // A channel users cannot pick needs no provider.
+        assert!(with(&[("TWOFA_SECURITY__METHODS", "totp,recovery")]).is_ok());
+        assert_eq!(
+            with(&[("TWOFA_SECURITY__METHODS", "totp,sms")])
+                .unwrap_err()
+                .key,
+            "sms.provider"
+        );
+        let mut email_only = smtp.to_vec();
+        email_only.push(("TWOFA_SECURITY__METHODS", "totp,email,recovery"));
+        assert!(with(&email_only).is_ok());
+        // Dev mode writes codes to the log on purpose.
+        assert!(check_delivery(&load(None, vec![], true).unwrap()).is_ok());
+    }
+
+    #[test]
     fn dev_mode_is_loopback_only() {
         let c = load(None, vec![], true).unwrap();
         assert_eq!(c.storage.database_url.expose(), "sqlite://./twofa-dev.db");
@@ -1209,6 +1290,35 @@ mod tests {
             "0.0.0.0:8090".to_string(),
         )];
         assert_eq!(load(None, env, true).unwrap_err().key, "server.http_addr");
+        let env = vec![(
+            "TWOFA_SERVER__METRICS_ADDR".to_string(),
+            "0.0.0.0:9090".to_string(),
+        )];
+        assert_eq!(
+            load(None, env, true).unwrap_err().key,
+            "server.metrics_addr"
+        );
+    }
+
+    #[test]
+    fn metrics_addr_is_an_address_of_its_own() {
+        let with = |v: &str| {
+            let mut env = base_env();
+            env.push(("TWOFA_SERVER__METRICS_ADDR".into(), v.into()));
+            load(None, env, false)
+        };
+        let c = with("0.0.0.0:9090").unwrap();
+        assert_eq!(
+            c.server.metrics_socket().unwrap(),
+            Some("0.0.0.0:9090".parse().unwrap())
+        );
+        assert_eq!(
+            load(None, base_env(), false).unwrap().server.metrics_addr,
+            None
+        );
+        for bad in ["9090", "localhost:9090", "127.0.0.1:8090", "127.0.0.1:9191"] {
+            assert_eq!(with(bad).unwrap_err().key, "server.metrics_addr", "{bad}");
+        }
     }
 }
 
@@ -1231,6 +1341,7 @@ mod example_tests {
         let file = dir.path().join("c.toml");
         std::fs::write(&file, text).unwrap();
         let c = super::load(Some(&file), vec![], false).unwrap();
+        super::check_delivery(&c).unwrap();
         assert_eq!(c.policy.rules[0].path_prefix.as_deref(), Some("/user"));
         assert_eq!(c.policy.rules.len(), 3);
     }

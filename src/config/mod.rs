@@ -4,6 +4,7 @@
 //! every error names the key at fault.
 
 mod duration;
+pub mod keys;
 mod load;
 mod secret;
 
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use duration::{format_duration, parse_duration, Dur};
-pub use load::{load, ConfigError};
+pub use load::{check_delivery, load, ConfigError, SECRET_KEYS};
 pub use secret::{Secret, SecretList, SecretUrl, REDACTED};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -46,6 +47,11 @@ pub struct ServerConfig {
     /// INTERFACE.md section 2: an extra key (README, "Where the contract is
     /// silent").
     pub max_connections: usize,
+    /// A listener of its own for `GET /metrics`; when set, `/metrics` is
+    /// served only there (not on `http_addr`), so that the scrape port can
+    /// be opened to Prometheus without opening the API, and the API port
+    /// without exposing the metrics.
+    pub metrics_addr: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +61,7 @@ impl Default for ServerConfig {
             http_addr: "127.0.0.1:8090".into(),
             cors_allowed_origins: vec![],
             max_connections: 1024,
+            metrics_addr: None,
         }
     }
 }
@@ -65,6 +72,12 @@ impl ServerConfig {
     }
     pub fn http_socket(&self) -> Result<SocketAddr, ConfigError> {
         parse_addr("server.http_addr", &self.http_addr)
+    }
+    pub fn metrics_socket(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.metrics_addr
+            .as_deref()
+            .map(|a| parse_addr("server.metrics_addr", a))
+            .transpose()
     }
 }
 

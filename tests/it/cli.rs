@@ -13,6 +13,10 @@ fn twofa(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TWOFA_")) {
         cmd.env_remove(k);
     }
+    // No delivery provider is configured here: without email and SMS among
+    // the methods, `serve` and `check-config` accept the `log` default
+    // (tests/it/ops.rs tests that refusal). A test's own value wins.
+    cmd.env("TWOFA_SECURITY__METHODS", "totp,recovery");
     cmd.envs(env.iter().copied());
     cmd.output().expect("run twofa-authz")
 }
@@ -263,4 +267,48 @@ fn help_and_version() {
     for cmd in ["serve", "migrate", "reset-user", "check-config"] {
         assert!(text(&out.stdout).contains(cmd), "{cmd} missing from --help");
     }
+}
+
+/// `--help` of the binary and of each subcommand documents every flag, the
+/// exit codes, the environment layering (with the `__` form and `_file`
+/// secrets) and an example.
+#[test]
+fn help_documents_flags_exit_codes_environment_and_an_example() {
+    let layering = [
+        "Exit codes:",
+        "0  success",
+        "1  runtime failure",
+        "2  configuration error",
+        "TWOFA_<SECTION>__<KEY>",
+        "TWOFA_KEYCLOAK__URL",
+        "TWOFA_CONFIG",
+        "X_file",
+        "built-in defaults",
+        "Example:",
+        "twofa-authz serve --config /etc/twofa-authz/config.toml",
+        "docs/configuration.md",
+    ];
+    let top = text(&twofa(&["--help"], &[]).stdout);
+    for want in layering.iter().chain(["--version", "--help", "qr"].iter()) {
+        assert!(top.contains(want), "`{want}` missing from --help:\n{top}");
+    }
+    for (cmd, flags) in [
+        ("serve", &["--config <FILE>", "--dev", "non-loopback"][..]),
+        ("migrate", &["--config <FILE>", "--reencrypt"][..]),
+        ("reset-user", &["--config <FILE>", "<SUB>", "sub"][..]),
+        ("check-config", &["--config <FILE>", "redacted"][..]),
+    ] {
+        let out = twofa(&[cmd, "--help"], &[]);
+        assert_eq!(out.status.code(), Some(0), "{cmd} --help");
+        let help = text(&out.stdout);
+        for want in flags.iter().chain(layering.iter()) {
+            assert!(
+                help.contains(want),
+                "`{want}` missing from {cmd} --help:\n{help}"
+            );
+        }
+        assert!(help.contains("[env: TWOFA_CONFIG="), "{cmd}: {help}");
+    }
+    let qr = text(&twofa(&["qr", "--help"], &[]).stdout);
+    assert!(qr.contains("[URI]") && qr.contains("otpauth://"), "{qr}");
 }

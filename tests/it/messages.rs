@@ -254,6 +254,7 @@ fn a_broken_template_stops_check_config_and_serve_with_exit_2_naming_the_file() 
             "[server]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n\
              [keycloak]\nurl = \"https://sso.example.com\"\nrealm = \"demo\"\n\
              [security]\nencryption_keys = [\"k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"]\n\
+             methods = [\"totp\", \"recovery\"]\n\
              [email]\ntemplates_dir = {}\n",
             toml_string(templates.to_str().unwrap())
         ),

@@ -98,7 +98,16 @@ fn base_config_without_redis(keycloak: &Keycloak) -> AppConfig {
         .set_str("policy", "default", "2fa")
         .set("policy", "rules", POLICY_RULES)
         .set_str("log", "format", "text")
-        .set_str("log", "level", "info");
+        .set_str("log", "level", "info")
+        // `serve` refuses the `log` delivery provider outside dev mode while
+        // email and SMS are in security.methods (the default): these stacks
+        // name real providers that lead nowhere (a closed loopback port).
+        // Tests that deliver codes (user_common) point them at stand-ins.
+        .set_str("email", "provider", "smtp")
+        .set_str("email", "from", "2FA <no-reply@example.com>")
+        .set_str("email", "smtp_url", "smtp://127.0.0.1:9?tls=none")
+        .set_str("sms", "provider", "webhook")
+        .set_str("sms", "webhook_url", "http://127.0.0.1:9/sms");
     config
 }
 
