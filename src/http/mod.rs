@@ -7,6 +7,7 @@ mod dev;
 mod forward;
 mod health;
 mod logout;
+pub mod openapi;
 pub mod problem;
 mod ui;
 mod user;
@@ -61,8 +62,18 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.dev.is_some() {
         r = r.route("/dev/token", post(dev::token));
     }
-    r = r.merge(user::routes()).merge(ui::routes(&state));
-    r.fallback(|| async { Error::NotFound })
+    let spec = openapi::spec(state.dev.is_some());
+    r = r
+        .route(
+            "/openapi.json",
+            get(openapi::openapi_json).layer(axum::Extension(spec)),
+        )
+        .merge(user::routes())
+        .merge(ui::routes(&state));
+    // Last, after every route is in: a known path asked with a method it
+    // does not take gets a problem (axum adds `Allow`), not a bare 405.
+    r.method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .fallback(|| async { Error::NotFound })
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(cors(&state.cfg.server.cors_allowed_origins))
         .layer(DefaultBodyLimit::max(MAX_BODY))
