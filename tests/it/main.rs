@@ -39,6 +39,7 @@ mod logout;
 mod messages;
 mod methods_hint;
 mod migrations;
+mod openapi;
 mod otp_rotation;
 mod pg_tls;
 mod readiness;

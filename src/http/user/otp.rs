@@ -45,6 +45,7 @@ problems!(
             p::PROFILE_NOT_FOUND,
             p::CONTACT_NOT_VERIFIED,
             p::RESEND_TOO_SOON,
+            p::TOO_MANY_ATTEMPTS,
             p::DELIVERY_FAILED,
             p::FACTOR_LOCKED,
         ],
@@ -55,6 +56,7 @@ problems!(
 #[utoipa::path(
     post,
     path = "/user/send-otp",
+    operation_id = "send_otp",
     tag = "user",
     security(("bearer" = [])),
     request_body = SendRequest,
@@ -112,6 +114,7 @@ problems!(
 #[utoipa::path(
     post,
     path = "/user/verify-otp",
+    operation_id = "verify_otp",
     tag = "user",
     security(("bearer" = [])),
     request_body = VerifyRequest,

@@ -102,6 +102,7 @@ problems!(CreateProblems = [AUTH, STORE, &[p::PROFILE_EXISTS, p::KEYCLOAK_ADMIN_
 #[utoipa::path(
     post,
     path = "/user",
+    operation_id = "create_profile",
     tag = "user",
     security(("bearer" = [])),
     responses((status = 201, body = ProfileDoc), CreateProblems)
@@ -118,6 +119,7 @@ problems!(GetProblems = [AUTH, STORE, &[p::PROFILE_NOT_FOUND]]);
 #[utoipa::path(
     get,
     path = "/user",
+    operation_id = "get_profile",
     tag = "user",
     security(("bearer" = [])),
     responses((status = 200, body = ProfileDoc), GetProblems)
@@ -160,6 +162,7 @@ problems!(
             p::INVALID_MOBILE,
             p::SECOND_FACTOR_REQUIRED,
             p::RESEND_TOO_SOON,
+            p::TOO_MANY_ATTEMPTS,
             p::DELIVERY_FAILED,
         ],
     ]
@@ -171,6 +174,7 @@ problems!(
 #[utoipa::path(
     patch,
     path = "/user",
+    operation_id = "patch_profile",
     tag = "user",
     security(("bearer" = [])),
     request_body = PatchRequest,

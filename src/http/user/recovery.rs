@@ -44,6 +44,7 @@ problems!(VerifyProblems = [AUTH, BODY, STORE, VERIFY, &[p::PROFILE_NOT_FOUND, p
 #[utoipa::path(
     post,
     path = "/user/verify-recovery-code",
+    operation_id = "verify_recovery_code",
     tag = "user",
     security(("bearer" = [])),
     request_body = VerifyRequest,
@@ -84,6 +85,7 @@ problems!(
 #[utoipa::path(
     post,
     path = "/user/recovery-codes",
+    operation_id = "regenerate_recovery_codes",
     tag = "user",
     security(("bearer" = [])),
     responses((status = 201, body = RecoveryCodes), RegenerateProblems)

@@ -51,6 +51,7 @@ problems!(
 #[utoipa::path(
     post,
     path = "/user/generate-totp",
+    operation_id = "generate_totp",
     tag = "user",
     security(("bearer" = [])),
     responses((status = 201, body = NewTotp), GenerateProblems)
@@ -124,6 +125,7 @@ problems!(
 #[utoipa::path(
     post,
     path = "/user/verify-totp",
+    operation_id = "verify_totp",
     tag = "user",
     security(("bearer" = [])),
     request_body = VerifyRequest,
@@ -166,6 +168,7 @@ problems!(
 #[utoipa::path(
     delete,
     path = "/user/totp",
+    operation_id = "remove_totp",
     tag = "user",
     security(("bearer" = [])),
     responses((status = 204, description = "TOTP is removed"), RemoveProblems)
