@@ -46,6 +46,7 @@ mod readiness;
 mod recovery_burst;
 mod service;
 mod session_store;
+mod spa_cors;
 mod stores;
 mod ui;
 mod user_budget;
