@@ -330,4 +330,21 @@ mod tests {
         );
         assert!(get_user["200"]["content"]["application/json"].is_object());
     }
+
+    /// docs/user-api.md is the human guide next to the description: it
+    /// names every described path and every problem code with its status.
+    #[test]
+    fn the_guide_covers_every_route_and_code() {
+        let guide = include_str!("../../docs/user-api.md");
+        for path in documented(true) {
+            assert!(
+                guide.contains(&format!("{path}`")),
+                "{path} not in docs/user-api.md"
+            );
+        }
+        for k in crate::error::CATALOGUE {
+            let row = format!("| `{}` | {}", k.code, k.status.as_u16());
+            assert!(guide.contains(&row), "{row} not in docs/user-api.md");
+        }
+    }
 }
