@@ -195,7 +195,7 @@ async fn schemathesis_finds_nothing_on_the_user_routes() {
                     "not_a_server_error,status_code_conformance,response_schema_conformance",
                 ])
                 .args(["--phases", "examples,coverage,fuzzing"])
-                .args(["--max-examples", "150", "--seed", "20261202"])
+                .args(["--max-examples", "300", "--seed", "20261202"])
                 .args(["--workers", "1", "--request-timeout", "10"])
                 .args(["--generation-database", "none"])
                 .args(["--generation-with-security-parameters", "false"])
@@ -209,6 +209,8 @@ async fn schemathesis_finds_nothing_on_the_user_routes() {
     .unwrap();
     let took = started.elapsed();
     let text = output_text(&out);
+    // Shown with --nocapture: what was run, per phase.
+    println!("{text}");
     assert!(
         out.status.success(),
         "{text}\n--- twofa-authz log (tail) ---\n{}",

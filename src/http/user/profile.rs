@@ -137,9 +137,12 @@ pub async fn get(
 #[serde(deny_unknown_fields)]
 pub struct PatchRequest {
     #[serde(default)]
+    #[schema(format = Email, max_length = 254)]
     email: Option<String>,
-    /// E.164, e.g. `+14155550123`.
+    /// E.164, e.g. `+14155550123`, and valid under its country's numbering
+    /// plan (422 `invalid_mobile` otherwise).
     #[serde(default)]
+    #[schema(pattern = r"^\+[1-9][0-9]{6,14}$")]
     mobile: Option<String>,
 }
 
