@@ -175,3 +175,47 @@ async fn actual_requests_and_errors_are_readable_from_the_allowed_origin_only() 
         stack.explain("expose Retry-After", &r)
     );
 }
+
+/// CORS belongs to the API, not to the forward-auth endpoints: Envoy's HTTP
+/// ext_authz sends the original method, so an `OPTIONS` (with or without
+/// `Origin`) must be decided like any request, never answered as a
+/// preflight, which would be a 200, an allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_on_forward_auth_is_decided_not_preflighted() {
+    let stack = stack().await;
+    let addr = stack.app.http_addr().to_string();
+    for origin in [None, Some(SPA)] {
+        let requests = [
+            http::request("OPTIONS", &addr, "/authz/ext-authz/api/admin").host("app.example.com"),
+            http::request("OPTIONS", &addr, "/authz/forward-auth")
+                .header("X-Forwarded-Method", "OPTIONS")
+                .header("X-Forwarded-Uri", "/api/admin")
+                .header("X-Forwarded-Host", "app.example.com"),
+            http::request("OPTIONS", &addr, "/authz/auth-request")
+                .header("X-Original-Method", "OPTIONS")
+                .header("X-Original-URI", "/api/admin"),
+        ];
+        for mut req in requests {
+            if let Some(o) = origin {
+                req = req
+                    .header("Origin", o)
+                    .header("Access-Control-Request-Method", "GET");
+            }
+            let r = req.send().await;
+            let what = format!("OPTIONS forward auth, origin {origin:?}");
+            crate::support::assert_problem(&stack, &what, &r, 401, "missing_token");
+            assert!(
+                r.header("access-control-allow-origin").is_none(),
+                "{}",
+                stack.explain(&what, &r)
+            );
+        }
+    }
+    // Wrong methods behind CORS: the SPA can read the 405 problem.
+    let r = http::request("PUT", &addr, "/user")
+        .header("Origin", SPA)
+        .send()
+        .await;
+    assert_eq!(r.status, 405, "{}", stack.explain("PUT /user", &r));
+    assert_allowed(&stack, "PUT /user from the SPA", &r);
+}
