@@ -41,7 +41,7 @@ problems!(TokenProblems = [BODY, &[p::NOT_FOUND, p::INTERNAL_ERROR]]);
     path = "/dev/token",
     tag = "dev",
     request_body = TokenRequest,
-    responses((status = 200, body = DevToken), TokenProblems)
+    responses((status = 200, description = "a token of the dev issuer", body = DevToken), TokenProblems)
 )]
 pub async fn token(
     State(state): State<Arc<AppState>>,

@@ -347,4 +347,54 @@ mod tests {
             assert!(guide.contains(&row), "{row} not in docs/user-api.md");
         }
     }
+
+    /// utoipa keys components by name: two types of one name would leave
+    /// one route pointing at the other's schema. Every `ToSchema` type of
+    /// the listener has a name of its own (`#[schema(as = …)]` where the
+    /// Rust names repeat).
+    #[test]
+    fn schema_names_are_unique() {
+        let sources = [
+            include_str!("user/profile.rs"),
+            include_str!("user/otp.rs"),
+            include_str!("user/totp.rs"),
+            include_str!("user/recovery.rs"),
+            include_str!("dev.rs"),
+            include_str!("health.rs"),
+            include_str!("logout.rs"),
+            include_str!("../error.rs"),
+            include_str!("../factor/otp.rs"),
+            include_str!("../store/mod.rs"),
+        ];
+        let mut names = BTreeSet::new();
+        let mut count = 0;
+        for src in sources {
+            for chunk in src.split("ToSchema").skip(1) {
+                let Some(item) = chunk
+                    .find("pub struct ")
+                    .or_else(|| chunk.find("struct "))
+                    .or_else(|| chunk.find("pub enum "))
+                else {
+                    continue;
+                };
+                let head = &chunk[..item];
+                let rust = chunk[item..]
+                    .split_whitespace()
+                    .find(|w| !["pub", "struct", "enum"].contains(w))
+                    .unwrap_or_default()
+                    .trim_end_matches('{');
+                let name = head
+                    .split("#[schema(as = ")
+                    .nth(1)
+                    .and_then(|r| r.split(')').next())
+                    .unwrap_or(rust);
+                assert!(names.insert(name.to_string()), "schema {name} twice");
+                count += 1;
+            }
+        }
+        assert!(count >= 20, "{count}: {names:?}");
+        let doc = document(true);
+        let components = doc.components.map(|c| c.schemas.len()).unwrap_or(0);
+        assert_eq!(components, names.len(), "{names:?}");
+    }
 }

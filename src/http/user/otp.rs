@@ -22,6 +22,7 @@ const MAX_OTP_INPUT: usize = 32;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SendOtpRequest)]
 pub struct SendRequest {
     /// The verified contact to send a login code to.
     otp_type: Channel,
@@ -60,7 +61,7 @@ problems!(
     tag = "user",
     security(("bearer" = [])),
     request_body = SendRequest,
-    responses((status = 202, body = Sent), SendProblems)
+    responses((status = 202, description = "a login code is on its way", body = Sent), SendProblems)
 )]
 pub async fn send(
     State(state): State<Arc<AppState>>,
@@ -80,6 +81,7 @@ pub async fn send(
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VerifyOtpRequest)]
 pub struct VerifyRequest {
     /// The code as received (at most 32 characters).
     #[schema(min_length = 1, max_length = 32)]
@@ -118,7 +120,7 @@ problems!(
     tag = "user",
     security(("bearer" = [])),
     request_body = VerifyRequest,
-    responses((status = 200, body = OtpVerified), VerifyProblems)
+    responses((status = 200, description = "the code was right", body = OtpVerified), VerifyProblems)
 )]
 pub async fn verify(
     State(state): State<Arc<AppState>>,

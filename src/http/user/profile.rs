@@ -105,7 +105,7 @@ problems!(CreateProblems = [AUTH, STORE, &[p::PROFILE_EXISTS, p::KEYCLOAK_ADMIN_
     operation_id = "create_profile",
     tag = "user",
     security(("bearer" = [])),
-    responses((status = 201, body = ProfileDoc), CreateProblems)
+    responses((status = 201, description = "the profile", body = ProfileDoc), CreateProblems)
 )]
 pub async fn create(State(state): State<Arc<AppState>>, Auth(id): Auth) -> Result<Response, Error> {
     let p = state.factors.create_profile(&id).await?;
@@ -122,7 +122,7 @@ problems!(GetProblems = [AUTH, STORE, &[p::PROFILE_NOT_FOUND]]);
     operation_id = "get_profile",
     tag = "user",
     security(("bearer" = [])),
-    responses((status = 200, body = ProfileDoc), GetProblems)
+    responses((status = 200, description = "the profile", body = ProfileDoc), GetProblems)
 )]
 pub async fn get(
     State(state): State<Arc<AppState>>,
@@ -181,7 +181,7 @@ problems!(
     tag = "user",
     security(("bearer" = [])),
     request_body = PatchRequest,
-    responses((status = 202, body = PatchAccepted), PatchProblems)
+    responses((status = 202, description = "codes were sent to the new contacts", body = PatchAccepted), PatchProblems)
 )]
 pub async fn patch(
     State(state): State<Arc<AppState>>,

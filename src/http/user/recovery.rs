@@ -19,6 +19,7 @@ const MAX_CODE_INPUT: usize = 64;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VerifyRecoveryCodeRequest)]
 pub struct VerifyRequest {
     /// A recovery code; case and dashes are ignored.
     #[schema(min_length = 1, max_length = 64)]
@@ -48,7 +49,7 @@ problems!(VerifyProblems = [AUTH, BODY, STORE, VERIFY, &[p::PROFILE_NOT_FOUND, p
     tag = "user",
     security(("bearer" = [])),
     request_body = VerifyRequest,
-    responses((status = 200, body = RecoveryVerified), VerifyProblems)
+    responses((status = 200, description = "the code was right and is spent", body = RecoveryVerified), VerifyProblems)
 )]
 pub async fn verify(
     State(state): State<Arc<AppState>>,
@@ -88,7 +89,7 @@ problems!(
     operation_id = "regenerate_recovery_codes",
     tag = "user",
     security(("bearer" = [])),
-    responses((status = 201, body = RecoveryCodes), RegenerateProblems)
+    responses((status = 201, description = "a new set of recovery codes, shown once", body = RecoveryCodes), RegenerateProblems)
 )]
 pub async fn regenerate(
     State(state): State<Arc<AppState>>,

@@ -54,7 +54,7 @@ problems!(
     operation_id = "generate_totp",
     tag = "user",
     security(("bearer" = [])),
-    responses((status = 201, body = NewTotp), GenerateProblems)
+    responses((status = 201, description = "a pending TOTP secret", body = NewTotp), GenerateProblems)
 )]
 pub async fn generate(
     State(state): State<Arc<AppState>>,
@@ -84,6 +84,7 @@ pub async fn generate(
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VerifyTotpRequest)]
 pub struct VerifyRequest {
     /// The code shown by the authenticator app.
     #[schema(min_length = 1, max_length = 32)]
@@ -129,7 +130,7 @@ problems!(
     tag = "user",
     security(("bearer" = [])),
     request_body = VerifyRequest,
-    responses((status = 200, body = TotpVerified), VerifyProblems)
+    responses((status = 200, description = "the code was right; the session is verified with `totp`", body = TotpVerified), VerifyProblems)
 )]
 pub async fn verify(
     State(state): State<Arc<AppState>>,
