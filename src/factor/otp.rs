@@ -24,7 +24,7 @@ use crate::crypto::{random_digits, KeyRing};
 use crate::error::Error;
 use crate::store::{keys, EphemeralStore, Factor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Purpose {
     /// Proves a new (pending) email address or mobile number.
@@ -43,7 +43,7 @@ impl Purpose {
 }
 
 /// `otp_type` of the API: `email` or `mobile`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     Email,

@@ -26,6 +26,7 @@ use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, StatusCode};
 
 use super::authorization;
+use super::openapi::problems;
 use crate::app::AppState;
 use crate::authz::{CheckInput, Decision};
 use crate::error::Error;
@@ -45,7 +46,32 @@ struct Original<'a> {
     host: &'a str,
 }
 
+problems!(
+    /// The decisions of INTERFACE.md section 3, and 400 for a check request
+    /// that lacks its proxy's headers.
+    CheckProblems = [
+        &[
+            crate::error::problems::INVALID_CHECK_REQUEST,
+            crate::error::problems::MISSING_TOKEN,
+            crate::error::problems::INVALID_TOKEN,
+            crate::error::problems::SECOND_FACTOR_REQUIRED,
+            crate::error::problems::AUTHZ_UNAVAILABLE,
+        ],
+    ]
+);
+
 /// nginx `auth_request`.
+#[utoipa::path(
+    method(get, post, put, patch, delete, head, options),
+    path = "/authz/auth-request",
+    tag = "forward-auth",
+    description = "nginx `auth_request`: the original request from `X-Original-Method`, \
+        `X-Original-URI` and `X-Forwarded-Host` (else `Host`). Any method.",
+    responses(
+        (status = 200, description = "allowed: the identity headers (`x-auth-request-*`) are set"),
+        CheckProblems,
+    )
+)]
 pub async fn auth_request(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let h = req.headers();
     let original = (|| {
@@ -61,6 +87,17 @@ pub async fn auth_request(State(state): State<Arc<AppState>>, req: Request) -> R
 }
 
 /// Traefik `forwardAuth` and Caddy `forward_auth`.
+#[utoipa::path(
+    method(get, post, put, patch, delete, head, options),
+    path = "/authz/forward-auth",
+    tag = "forward-auth",
+    description = "Traefik `forwardAuth`, Caddy `forward_auth`: the original request from \
+        `X-Forwarded-Method`, `X-Forwarded-Uri` and `X-Forwarded-Host`. Any method.",
+    responses(
+        (status = 200, description = "allowed: the identity headers (`x-auth-request-*`) are set"),
+        CheckProblems,
+    )
+)]
 pub async fn forward_auth(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let h = req.headers();
     let original = (|| {
@@ -75,6 +112,19 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, req: Request) -> R
 
 /// Envoy's HTTP ext_authz service (`path_prefix: /authz/ext-authz`): the
 /// check request is the original one, its path behind the prefix.
+#[utoipa::path(
+    method(get, post, put, patch, delete, head, options),
+    path = "/authz/ext-authz/{path}",
+    tag = "forward-auth",
+    description = "Envoy HTTP ext_authz (`path_prefix: /authz/ext-authz`): the request's own \
+        method, its path after the prefix (which may be empty) and `Host`.",
+    params(("path" = String, Path, description = "the original path, without its leading slash")),
+    responses(
+        (status = 200, description = "allowed: the identity headers (`x-auth-request-*`) are set, \
+            and `x-envoy-auth-headers-to-remove` lists client-sent ones"),
+        CheckProblems,
+    )
+)]
 pub async fn ext_authz(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let h = req.headers();
     let own = req.uri().path_and_query().map_or("/", |pq| pq.as_str());

@@ -24,10 +24,21 @@ const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 /// Logout tokens without `exp` are accepted for this long after `iat`.
 const DEFAULT_LIFETIME: i64 = 300;
 
-#[derive(Deserialize)]
+/// `application/x-www-form-urlencoded`, section 2.5.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = LogoutForm)]
 struct Form {
+    /// The signed logout token (a JWT).
     logout_token: String,
 }
+
+super::openapi::problems!(
+    LogoutProblems = [&[
+        crate::error::problems::INVALID_LOGOUT_TOKEN,
+        crate::error::problems::AUTHZ_UNAVAILABLE,
+        crate::error::problems::STORAGE_UNAVAILABLE,
+    ],]
+);
 
 #[derive(Deserialize, Clone)]
 struct LogoutClaims {
@@ -42,6 +53,14 @@ struct LogoutClaims {
     nonce: Option<Value>,
 }
 
+/// OIDC Back-Channel Logout 1.0: the session's verified state is gone.
+#[utoipa::path(
+    post,
+    path = "/keycloak/backchannel-logout",
+    tag = "keycloak",
+    request_body(content = Form, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "the session's second-factor state is deleted"), LogoutProblems)
+)]
 pub async fn backchannel_logout(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let result = handle(&state, &body).await;
     let label = match &result {

@@ -7,6 +7,7 @@ mod dev;
 mod forward;
 mod health;
 mod logout;
+pub mod openapi;
 pub mod problem;
 mod ui;
 mod user;
@@ -64,13 +65,37 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/keycloak/backchannel-logout",
             post(logout::backchannel_logout),
         );
+    // CORS only where browsers on other origins call us: tower-http answers
+    // every OPTIONS request as a preflight (200) without calling the route,
+    // which on a forward-auth endpoint would be an allow decision (Envoy's
+    // HTTP ext_authz sends the original method, OPTIONS included). The 405
+    // fallback goes in before the layer, so that it is behind CORS too.
+    let cors = cors(&state.cfg.server.cors_allowed_origins);
     if state.dev.is_some() {
-        r = r.route("/dev/token", post(dev::token));
+        r = r.route(
+            "/dev/token",
+            post(dev::token)
+                .fallback(method_not_allowed)
+                .layer(cors.clone()),
+        );
     }
-    r = r.merge(user::routes()).merge(ui::routes(&state));
-    r.fallback(|| async { Error::NotFound })
+    let spec = openapi::spec(state.dev.is_some());
+    r = r
+        .route(
+            "/openapi.json",
+            get(openapi::openapi_json).layer(axum::Extension(spec)),
+        )
+        .merge(
+            user::routes()
+                .method_not_allowed_fallback(method_not_allowed)
+                .layer(cors),
+        )
+        .merge(ui::routes(&state));
+    // Last, after every route is in: a known path asked with a method it
+    // does not take gets a problem (axum adds `Allow`), not a bare 405.
+    r.method_not_allowed_fallback(method_not_allowed)
+        .fallback(|| async { Error::NotFound })
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
-        .layer(cors(&state.cfg.server.cors_allowed_origins))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -81,6 +106,10 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(|| async { Error::NotFound })
         .with_state(state)
+}
+
+async fn method_not_allowed() -> Error {
+    Error::MethodNotAllowed
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::SharedClock;
 use crate::config::StorageConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Factor {
     Totp,

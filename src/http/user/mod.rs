@@ -26,6 +26,22 @@ use crate::token::{Identity, TokenError};
 
 pub use crate::factor::contact::{normalize_email, normalize_mobile};
 
+/// The `/user` part of `/openapi.json` (`http::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    profile::create,
+    profile::get,
+    profile::patch,
+    otp::send,
+    otp::verify,
+    totp::generate,
+    totp::verify,
+    totp::remove,
+    recovery::verify,
+    recovery::regenerate,
+))]
+pub struct UserApi;
+
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route(
@@ -74,7 +90,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
 
 /// Answers that carry a secret or recovery codes must not be kept by any
 /// cache between the user and us.
-pub fn no_store(status: StatusCode, body: serde_json::Value) -> Response {
+pub fn no_store<T: serde::Serialize>(status: StatusCode, body: T) -> Response {
     (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 

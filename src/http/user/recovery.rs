@@ -5,25 +5,52 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::Response;
 use http::StatusCode;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{bounded_code, no_store, Auth};
 use crate::app::AppState;
-use crate::error::Error;
+use crate::error::{problems as p, Error};
+use crate::http::openapi::{problems, AUTH, BODY, STORE, VERIFY};
 use crate::http::ApiJson;
 
 /// Longer than any code with generous spacing, short enough to bound work.
 const MAX_CODE_INPUT: usize = 64;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VerifyRecoveryCodeRequest)]
 pub struct VerifyRequest {
+    /// A recovery code; case and dashes are ignored.
+    #[schema(min_length = 1, max_length = 64)]
     code: String,
 }
 
-/// `POST /user/verify-recovery-code`: spends the code and marks the session
-/// verified with `recovery`.
+/// The code was right and is now spent.
+#[derive(Serialize, ToSchema)]
+pub struct RecoveryVerified {
+    verified: bool,
+    recovery_codes_remaining: usize,
+}
+
+/// A new set of recovery codes, shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct RecoveryCodes {
+    recovery_codes: Vec<String>,
+}
+
+problems!(VerifyProblems = [AUTH, BODY, STORE, VERIFY, &[p::PROFILE_NOT_FOUND, p::BUSY],]);
+
+/// Spends a recovery code; the session becomes verified with `recovery`.
+#[utoipa::path(
+    post,
+    path = "/user/verify-recovery-code",
+    operation_id = "verify_recovery_code",
+    tag = "user",
+    security(("bearer" = [])),
+    request_body = VerifyRequest,
+    responses((status = 200, description = "the code was right and is spent", body = RecoveryVerified), VerifyProblems)
+)]
 pub async fn verify(
     State(state): State<Arc<AppState>>,
     Auth(id): Auth,
@@ -33,11 +60,37 @@ pub async fn verify(
     let remaining = state.factors.verify_recovery_code(&id, &req.code).await?;
     Ok(no_store(
         StatusCode::OK,
-        json!({ "verified": true, "recovery_codes_remaining": remaining }),
+        RecoveryVerified {
+            verified: true,
+            recovery_codes_remaining: remaining,
+        },
     ))
 }
 
-/// `POST /user/recovery-codes`: a new set replacing the old one, shown once.
+problems!(
+    RegenerateProblems = [
+        AUTH,
+        STORE,
+        &[
+            p::INVALID_REQUEST,
+            p::PROFILE_NOT_FOUND,
+            p::SECOND_FACTOR_REQUIRED,
+            p::FACTOR_LOCKED,
+            p::BUSY,
+        ],
+    ]
+);
+
+/// A new set replacing the old one, shown once. Needs a recent second
+/// factor.
+#[utoipa::path(
+    post,
+    path = "/user/recovery-codes",
+    operation_id = "regenerate_recovery_codes",
+    tag = "user",
+    security(("bearer" = [])),
+    responses((status = 201, description = "a new set of recovery codes, shown once", body = RecoveryCodes), RegenerateProblems)
+)]
 pub async fn regenerate(
     State(state): State<Arc<AppState>>,
     Auth(id): Auth,
@@ -45,6 +98,8 @@ pub async fn regenerate(
     let codes = state.factors.regenerate_recovery_codes(&id).await?;
     Ok(no_store(
         StatusCode::CREATED,
-        json!({ "recovery_codes": codes }),
+        RecoveryCodes {
+            recovery_codes: codes,
+        },
     ))
 }
