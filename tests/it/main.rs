@@ -42,6 +42,7 @@ mod migrations;
 mod otp_rotation;
 mod pg_tls;
 mod readiness;
+mod reasons;
 mod recovery_burst;
 mod service;
 mod session_store;
