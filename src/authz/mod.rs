@@ -357,7 +357,7 @@ impl Authorizer {
         ) {
             (Decision::Deny(Error::SecondFactorRequired { .. }, why), Some(id)) => Decision::Deny(
                 Error::SecondFactorRequired {
-                    methods: self.methods_of(&id).await,
+                    methods: self.methods_of(id).await,
                     max_age: None,
                 },
                 why,
