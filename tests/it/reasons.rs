@@ -293,3 +293,59 @@ async fn grpc_each_denial_has_its_reason() {
 async fn http_each_denial_has_its_reason() {
     each_denial_has_its_reason(Proxy::Nginx).await;
 }
+
+/// The debug decision line names the same decision and reason as the
+/// metric, and the subject only by its hash: never the token, `sub` or email.
+#[tokio::test]
+async fn the_debug_decision_line_gives_the_reason_and_a_hashed_subject() {
+    let mut stack = Stack::start_with(Some(Proxy::Envoy), |config| {
+        config.set_str("log", "level", "debug");
+    })
+    .await;
+    let kc = &stack.keycloak;
+    let expired = kc.token().expires_in(-3600).build();
+    let unverified = kc.token().user("bob").build();
+    let verified = kc.token().user("carol").build();
+    stack.mark_verified(&verified, "totp", now()).await;
+    let _ = stack.get("/api/x").bearer(&expired.jwt).send().await;
+    let _ = stack.get("/secure").bearer(&unverified.jwt).send().await;
+    let _ = stack.get("/secure").bearer(&verified.jwt).send().await;
+    let _ = stack
+        .app
+        .signal_and_wait(libc::SIGTERM, std::time::Duration::from_secs(12))
+        .await;
+    let log = stack.app.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("authorization decision"))
+        .collect();
+    let has = |decision: &str, reason: &str, subject: Option<&str>| {
+        lines.iter().any(|l| {
+            l.contains(decision) && l.contains(reason) && subject.is_none_or(|s| l.contains(s))
+        })
+    };
+    let hash = |t: &crate::support::keycloak::Token| {
+        twofa_authz::token::subject_hash(t.iss(), t.sub())[..16].to_owned()
+    };
+    assert!(has("invalid_token", "expired", None), "{log}");
+    assert!(
+        has(
+            "second_factor_required",
+            "not_verified",
+            Some(&hash(&unverified))
+        ),
+        "{log}"
+    );
+    assert!(has("allow", "none", Some(&hash(&verified))), "{log}");
+    for t in [&expired, &unverified, &verified] {
+        for secret in [t.jwt.as_str(), t.sub()] {
+            assert!(!log.contains(secret), "{secret} is in the log:\n{log}");
+        }
+        if let Some(email) = t.claims["email"].as_str() {
+            assert!(
+                !lines.iter().any(|l| l.contains(email)),
+                "an email is in a decision line"
+            );
+        }
+    }
+}
