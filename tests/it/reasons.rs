@@ -349,3 +349,30 @@ async fn the_debug_decision_line_gives_the_reason_and_a_hashed_subject() {
         }
     }
 }
+
+/// No signing keys yet: the 503 says `keys_unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_keys_is_keys_unavailable() {
+    use crate::support::app::App;
+    use crate::support::http;
+    use crate::support::keycloak::Keycloak;
+    use crate::support::redis::RedisServer;
+
+    let redis = RedisServer::start().await;
+    let kc = Keycloak::start().await;
+    kc.stop().await;
+    let config = crate::support::base_config(&kc, &redis);
+    let app = App::start_unready(&config).await;
+    let token = kc.token().build();
+    let response = http::get(app.http_addr(), "/authz/auth-request")
+        .header("X-Original-Method", "GET")
+        .header("X-Original-URI", "/api/x")
+        .bearer(&token.jwt)
+        .send()
+        .await;
+    assert_eq!(response.status, 503, "{}", response.text());
+    let text = http::get(app.http_addr(), "/metrics").send().await.text();
+    let series =
+        "twofa_checks_total{decision=\"unavailable\",reason=\"keys_unavailable\",source=\"http\"} 1";
+    assert!(text.lines().any(|l| l == series), "no {series} in:\n{text}");
+}
