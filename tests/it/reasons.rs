@@ -376,3 +376,52 @@ async fn no_keys_is_keys_unavailable() {
         "twofa_checks_total{decision=\"unavailable\",reason=\"keys_unavailable\",source=\"http\"} 1";
     assert!(text.lines().any(|l| l == series), "no {series} in:\n{text}");
 }
+
+/// A route whose per-route setting is not a requirement fails closed, and
+/// the 503 says `malformed` (the route's configuration, not the client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_route_setting_is_unavailable_malformed() {
+    use std::collections::HashMap;
+    use twofa_authz::grpc::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request,
+    };
+    use twofa_authz::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use twofa_authz::grpc::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+    let stack = Stack::start(None).await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", stack.app.grpc_addr()))
+            .expect("an address")
+            .connect()
+            .await
+            .expect("connect to the gRPC listener");
+    let mut client = AuthorizationClient::new(channel);
+    let token = stack.keycloak.token().build();
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/api/x".into(),
+                    host: "app.example.com".into(),
+                    headers: HashMap::from([(
+                        "authorization".to_owned(),
+                        format!("Bearer {}", token.jwt),
+                    )]),
+                    ..Default::default()
+                }),
+            }),
+            context_extensions: HashMap::from([(
+                twofa_authz::authz::EXT_REQUIRE.to_owned(),
+                "sometimes".to_owned(),
+            )]),
+        }),
+    };
+    let response = client.check(request).await.expect("Check").into_inner();
+    assert_eq!(response.status.map(|s| s.code), Some(14), "UNAVAILABLE");
+    assert_eq!(
+        count(&stack, "grpc", "unavailable", "malformed").await,
+        1.0,
+        "the bad route setting was not counted as unavailable/malformed"
+    );
+}
