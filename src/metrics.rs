@@ -6,27 +6,57 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::authz::Outcome;
+use crate::authz::{Outcome, Verdict};
+use crate::token::Reason;
 
+/// One source's `twofa_checks_total` series, resolved at start: a table
+/// indexed by decision and reason, so that recording a Check is two array
+/// indexings and an atomic add, never a label hash or a lock.
 pub struct CheckCounters {
-    pub allow: IntCounter,
-    pub missing_token: IntCounter,
-    pub invalid_token: IntCounter,
-    pub second_factor_required: IntCounter,
-    pub unavailable: IntCounter,
+    /// `[verdict][reason]`; `None` for a pair no decision produces.
+    table: [[Option<IntCounter>; Reason::ALL.len()]; Verdict::ALL.len()],
+    checks: IntCounterVec,
+    source: &'static str,
     pub duration: Histogram,
 }
 
 impl CheckCounters {
+    fn new(
+        checks: &IntCounterVec,
+        duration: Histogram,
+        source: &'static str,
+    ) -> Result<Self, prometheus::Error> {
+        let mut table: [[Option<IntCounter>; Reason::ALL.len()]; Verdict::ALL.len()] =
+            Default::default();
+        for v in Verdict::ALL {
+            for r in v.reasons() {
+                table[v as usize][*r as usize] =
+                    Some(checks.get_metric_with_label_values(&[source, v.label(), r.label()])?);
+            }
+        }
+        Ok(Self {
+            table,
+            checks: checks.clone(),
+            source,
+            duration,
+        })
+    }
+
     pub fn record(&self, outcome: Outcome, seconds: f64) {
-        let c = match outcome {
-            Outcome::Allow => &self.allow,
-            Outcome::MissingToken => &self.missing_token,
-            Outcome::InvalidToken => &self.invalid_token,
-            Outcome::SecondFactorRequired => &self.second_factor_required,
-            Outcome::Unavailable => &self.unavailable,
-        };
-        c.inc();
+        match &self.table[outcome.verdict as usize][outcome.reason as usize] {
+            Some(c) => c.inc(),
+            // A pair outside Verdict::reasons is a bug in that table; count
+            // it anyway (the slow way) rather than lose a decision.
+            None => {
+                if let Ok(c) = self.checks.get_metric_with_label_values(&[
+                    self.source,
+                    outcome.verdict.label(),
+                    outcome.reason.label(),
+                ]) {
+                    c.inc();
+                }
+            }
+        }
         self.duration.observe(seconds);
     }
 }
@@ -50,25 +80,21 @@ impl Metrics {
         let checks = IntCounterVec::new(
             Opts::new(
                 "twofa_checks_total",
-                "Authorization decisions by source and decision",
+                "Authorization decisions by source, decision and reason",
             ),
-            &["source", "decision"],
+            &["source", "decision", "reason"],
         )?;
         let check_duration = HistogramVec::new(
             HistogramOpts::new("twofa_check_duration_seconds", "Time to decide one check")
                 .buckets(exponential_buckets(0.00005, 2.0, 16)?),
             &["source"],
         )?;
-        let counters = |source: &str| -> Result<CheckCounters, prometheus::Error> {
-            Ok(CheckCounters {
-                allow: checks.get_metric_with_label_values(&[source, "allow"])?,
-                missing_token: checks.get_metric_with_label_values(&[source, "missing_token"])?,
-                invalid_token: checks.get_metric_with_label_values(&[source, "invalid_token"])?,
-                second_factor_required: checks
-                    .get_metric_with_label_values(&[source, "second_factor_required"])?,
-                unavailable: checks.get_metric_with_label_values(&[source, "unavailable"])?,
-                duration: check_duration.get_metric_with_label_values(&[source])?,
-            })
+        let counters = |source: &'static str| {
+            CheckCounters::new(
+                &checks,
+                check_duration.get_metric_with_label_values(&[source])?,
+                source,
+            )
         };
         let grpc_checks = counters("grpc")?;
         let http_checks = counters("http")?;
@@ -187,48 +213,66 @@ mod tests {
             .and_then(|v| v.trim().parse().ok())
     }
 
-    /// The per-decision counters are resolved at start: every series of
-    /// section 7 is exported (at 0) before the first Check, and recording an
-    /// outcome moves exactly its own series.
+    /// The per-decision counters are resolved at start: every series a
+    /// decision can produce is exported (at 0) before the first Check, and
+    /// recording an outcome moves exactly its own series.
     #[test]
     fn check_counters_are_resolved_once_and_land_on_their_labels() {
         let m = Metrics::new().expect("metrics");
-        let decisions = [
-            (Outcome::Allow, "allow"),
-            (Outcome::MissingToken, "missing_token"),
-            (Outcome::InvalidToken, "invalid_token"),
-            (Outcome::SecondFactorRequired, "second_factor_required"),
-            (Outcome::Unavailable, "unavailable"),
-        ];
+        let mut pairs = Vec::new();
+        for v in Verdict::ALL {
+            for r in v.reasons() {
+                pairs.push(Outcome {
+                    verdict: v,
+                    reason: *r,
+                });
+            }
+        }
+        let series = |source: &str, o: &Outcome| {
+            format!(
+                "twofa_checks_total{{decision=\"{}\",reason=\"{}\",source=\"{source}\"}}",
+                o.verdict.label(),
+                o.reason.label()
+            )
+        };
         let text = m.render();
         for source in ["grpc", "http"] {
-            for (_, d) in decisions {
-                let series = format!("twofa_checks_total{{decision=\"{d}\",source=\"{source}\"}}");
-                assert_eq!(sample(&text, &series), Some(0.0), "{series} in\n{text}");
+            for o in &pairs {
+                let s = series(source, o);
+                assert_eq!(sample(&text, &s), Some(0.0), "{s} in\n{text}");
             }
         }
-        for (n, (outcome, _)) in decisions.iter().enumerate() {
+        for (n, o) in pairs.iter().enumerate() {
             for _ in 0..=n {
-                m.grpc_checks.record(*outcome, 0.001);
+                m.grpc_checks.record(*o, 0.001);
             }
         }
-        m.http_checks.record(Outcome::Allow, 0.002);
+        let allow = Outcome {
+            verdict: Verdict::Allow,
+            reason: Reason::None,
+        };
+        m.http_checks.record(allow, 0.002);
         let text = m.render();
-        for (n, (_, d)) in decisions.iter().enumerate() {
-            let grpc = format!("twofa_checks_total{{decision=\"{d}\",source=\"grpc\"}}");
+        for (n, o) in pairs.iter().enumerate() {
+            let grpc = series("grpc", o);
             assert_eq!(sample(&text, &grpc), Some((n + 1) as f64), "{grpc}");
-            let http = format!("twofa_checks_total{{decision=\"{d}\",source=\"http\"}}");
-            let want = if *d == "allow" { 1.0 } else { 0.0 };
+            let http = series("http", o);
+            let want = if *o == allow { 1.0 } else { 0.0 };
             assert_eq!(sample(&text, &http), Some(want), "{http}");
         }
+        let total = pairs.len() * (pairs.len() + 1) / 2;
         assert_eq!(
             sample(&text, "twofa_check_duration_seconds_count{source=\"grpc\"}"),
-            Some(15.0)
+            Some(total as f64)
         );
         assert_eq!(
             sample(&text, "twofa_check_duration_seconds_count{source=\"http\"}"),
             Some(1.0)
         );
+        // Every reason of the closed set is reachable from some decision.
+        for r in Reason::ALL {
+            assert!(pairs.iter().any(|o| o.reason == r), "{r} has no series");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, Requirement};
 use crate::error::Error;
 use crate::store::{EphemeralStore, SessionStore, Verified};
-use crate::token::{Identity, TokenError, Validator};
+use crate::token::{Identity, Reason, TokenError, Validator};
 
 pub use policy::{Need, Policy, EXT_MAX_AGE, EXT_REQUIRE};
 
@@ -30,8 +30,8 @@ pub struct CheckInput<'a> {
 pub enum TokenState {
     NotNeeded,
     Missing,
-    Invalid(&'static str),
-    Unavailable(&'static str),
+    Invalid(Reason),
+    Unavailable(Reason),
     Valid(Arc<Identity>),
 }
 
@@ -53,12 +53,13 @@ pub enum Decision {
         identity: Option<Arc<Identity>>,
         second_factor: Option<Verified>,
     },
-    Deny(Error),
+    /// The reason is for metrics and logs only; the client sees `Error`.
+    Deny(Error, Reason),
 }
 
 /// The decision label of `twofa_checks_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Verdict {
     Allow,
     MissingToken,
     InvalidToken,
@@ -66,15 +67,73 @@ pub enum Outcome {
     Unavailable,
 }
 
+impl Verdict {
+    pub const ALL: [Verdict; 5] = [
+        Verdict::Allow,
+        Verdict::MissingToken,
+        Verdict::InvalidToken,
+        Verdict::SecondFactorRequired,
+        Verdict::Unavailable,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::MissingToken => "missing_token",
+            Verdict::InvalidToken => "invalid_token",
+            Verdict::SecondFactorRequired => "second_factor_required",
+            Verdict::Unavailable => "unavailable",
+        }
+    }
+
+    /// The reasons each decision can carry: the series of
+    /// `twofa_checks_total` resolved at start.
+    pub fn reasons(self) -> &'static [Reason] {
+        use Reason as R;
+        match self {
+            Verdict::Allow => &[R::None],
+            Verdict::MissingToken => &[R::MissingToken],
+            Verdict::InvalidToken => &[
+                R::Malformed,
+                R::MultipleCredentials,
+                R::BadAlgorithm,
+                R::UnknownKid,
+                R::BadSignature,
+                R::Expired,
+                R::NotYetValid,
+                R::IssuedInFuture,
+                R::WrongIssuer,
+                R::WrongAudience,
+                R::WrongClient,
+                R::WrongType,
+            ],
+            Verdict::SecondFactorRequired => &[R::NotVerified, R::NoSid, R::TooOld],
+            // `malformed` here is an invalid per-route context extension:
+            // the operator's configuration, not the client, is at fault.
+            Verdict::Unavailable => &[R::StoreUnavailable, R::KeysUnavailable, R::Malformed],
+        }
+    }
+}
+
+/// The `decision` and `reason` labels of one Check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub reason: Reason,
+}
+
 impl Decision {
     pub fn outcome(&self) -> Outcome {
-        match self {
-            Decision::Allow { .. } => Outcome::Allow,
-            Decision::Deny(Error::MissingToken) => Outcome::MissingToken,
-            Decision::Deny(Error::InvalidToken(_)) => Outcome::InvalidToken,
-            Decision::Deny(Error::SecondFactorRequired { .. }) => Outcome::SecondFactorRequired,
-            Decision::Deny(_) => Outcome::Unavailable,
-        }
+        let (verdict, reason) = match self {
+            Decision::Allow { .. } => (Verdict::Allow, Reason::None),
+            Decision::Deny(Error::MissingToken, r) => (Verdict::MissingToken, *r),
+            Decision::Deny(Error::InvalidToken(_), r) => (Verdict::InvalidToken, *r),
+            Decision::Deny(Error::SecondFactorRequired { .. }, r) => {
+                (Verdict::SecondFactorRequired, *r)
+            }
+            Decision::Deny(_, r) => (Verdict::Unavailable, *r),
+        };
+        Outcome { verdict, reason }
     }
 }
 
@@ -95,9 +154,13 @@ pub fn decide(
         };
     }
     let identity = match token {
-        TokenState::NotNeeded | TokenState::Missing => return Decision::Deny(Error::MissingToken),
-        TokenState::Invalid(why) => return Decision::Deny(Error::InvalidToken(why)),
-        TokenState::Unavailable(why) => return Decision::Deny(Error::AuthzUnavailable(why)),
+        TokenState::NotNeeded | TokenState::Missing => {
+            return Decision::Deny(Error::MissingToken, Reason::MissingToken)
+        }
+        TokenState::Invalid(why) => return Decision::Deny(Error::InvalidToken(why.label()), why),
+        TokenState::Unavailable(why) => {
+            return Decision::Deny(Error::AuthzUnavailable("signing keys not loaded"), why)
+        }
         TokenState::Valid(id) => id,
     };
     let verified = match session {
@@ -110,15 +173,24 @@ pub fn decide(
             second_factor: verified,
         };
     }
-    let required = || {
-        Decision::Deny(Error::SecondFactorRequired {
-            methods: methods.to_vec(),
-            max_age: None,
-        })
+    let required = |why| {
+        Decision::Deny(
+            Error::SecondFactorRequired {
+                methods: methods.to_vec(),
+                max_age: None,
+            },
+            why,
+        )
     };
     match session {
-        SessionState::Unavailable => Decision::Deny(Error::AuthzUnavailable("session store")),
-        SessionState::NotLooked | SessionState::NoSession | SessionState::NotVerified => required(),
+        SessionState::Unavailable => Decision::Deny(
+            Error::AuthzUnavailable("session store"),
+            Reason::StoreUnavailable,
+        ),
+        // A token without `sid` (client credentials, or a mapper that drops
+        // it) can never carry a passed factor.
+        SessionState::NoSession => required(Reason::NoSid),
+        SessionState::NotLooked | SessionState::NotVerified => required(Reason::NotVerified),
         SessionState::Verified(v) => {
             let fresh = match need.max_age {
                 Some(max) => now.saturating_sub(v.at) <= max.as_secs() as i64,
@@ -130,7 +202,7 @@ pub fn decide(
                     second_factor: Some(v),
                 }
             } else {
-                required()
+                required(Reason::TooOld)
             }
         }
     }
@@ -143,7 +215,7 @@ pub enum AuthHeader<'a> {
     /// One header, or (gRPC) all of them joined with `,` by Envoy.
     Value(&'a str),
     /// Sent more than once, or not text: never one credential.
-    Invalid(&'static str),
+    Invalid(Reason),
 }
 
 impl<'a> AuthHeader<'a> {
@@ -159,14 +231,14 @@ impl<'a> AuthHeader<'a> {
 /// Bearer y`). Envoy joins repeated headers with `,` before a gRPC Check, so
 /// any comma is treated as a second credential, whatever the scheme; no
 /// credential this service accepts contains one.
-pub fn bearer(header: AuthHeader<'_>) -> Result<Option<&str>, &'static str> {
+pub fn bearer(header: AuthHeader<'_>) -> Result<Option<&str>, Reason> {
     let h = match header {
         AuthHeader::Absent => return Ok(None),
         AuthHeader::Invalid(why) => return Err(why),
         AuthHeader::Value(h) => h,
     };
     if h.contains(',') {
-        return Err("more than one credential");
+        return Err(Reason::MultipleCredentials);
     }
     let h = h.trim();
     let Some((scheme, rest)) = h.split_once(' ') else {
@@ -183,7 +255,7 @@ pub fn bearer(header: AuthHeader<'_>) -> Result<Option<&str>, &'static str> {
     // path: such a token is never in the verified-token cache and fails JWT
     // parsing, which answers invalid_token the same way.
     if token.contains([' ', '\t']) {
-        return Err("malformed");
+        return Err(Reason::Malformed);
     }
     Ok(Some(token))
 }
@@ -240,7 +312,10 @@ impl Authorizer {
                     extension = bad.0,
                     "invalid per-route context extension; failing closed"
                 );
-                return Decision::Deny(Error::AuthzUnavailable("invalid route configuration"));
+                return Decision::Deny(
+                    Error::AuthzUnavailable("invalid route configuration"),
+                    Reason::Malformed,
+                );
             }
         };
         let now = self.clock.now();
@@ -276,15 +351,34 @@ impl Authorizer {
             TokenState::Valid(id) => Some(id.clone()),
             _ => None,
         };
-        match (decide(need, token, session, now, &self.methods), identity) {
-            (Decision::Deny(Error::SecondFactorRequired { .. }), Some(id)) => {
-                Decision::Deny(Error::SecondFactorRequired {
-                    methods: self.methods_of(&id).await,
+        let decision = match (
+            decide(need, token, session, now, &self.methods),
+            identity.as_ref(),
+        ) {
+            (Decision::Deny(Error::SecondFactorRequired { .. }, why), Some(id)) => Decision::Deny(
+                Error::SecondFactorRequired {
+                    methods: self.methods_of(id).await,
                     max_age: None,
-                })
-            }
+                },
+                why,
+            ),
             (d, _) => d,
-        }
+        };
+        // `debug!` tests the level before it evaluates its fields: with the
+        // default filter this line costs a relaxed atomic load, and the
+        // subject hash below is never formatted. The hash is the store's
+        // subject key (SHA-256 of iss and sub), cut to 16 hex digits: enough
+        // to follow one user through the logs, never the `sub` itself.
+        tracing::debug!(
+            decision = decision.outcome().verdict.label(),
+            reason = decision.outcome().reason.label(),
+            subject = identity
+                .as_ref()
+                .map_or(String::new(), |id| id.subject_key()[..16].to_owned())
+                .as_str(),
+            "authorization decision"
+        );
+        decision
     }
 
     /// The methods this user can use, as the `/user` API last published
@@ -450,16 +544,16 @@ mod tests {
             NOW,
             &m(),
         );
-        assert_eq!(d.outcome(), Outcome::MissingToken);
+        assert_eq!(d.outcome().verdict, Verdict::MissingToken);
 
         let d = decide(
             need(Requirement::TwoFa, None),
-            TokenState::Invalid("x"),
+            TokenState::Invalid(Reason::Expired),
             SessionState::NotLooked,
             NOW,
             &m(),
         );
-        assert_eq!(d.outcome(), Outcome::InvalidToken);
+        assert_eq!(d.outcome().verdict, Verdict::InvalidToken);
 
         let d = decide(
             need(Requirement::Token, None),
@@ -483,7 +577,7 @@ mod tests {
             NOW,
             &m(),
         );
-        assert_eq!(d.outcome(), Outcome::SecondFactorRequired);
+        assert_eq!(d.outcome().verdict, Verdict::SecondFactorRequired);
 
         let d = decide(
             need(Requirement::TwoFa, None),
@@ -492,7 +586,7 @@ mod tests {
             NOW,
             &m(),
         );
-        assert_eq!(d.outcome(), Outcome::SecondFactorRequired);
+        assert_eq!(d.outcome().verdict, Verdict::SecondFactorRequired);
 
         let d = decide(
             need(Requirement::TwoFa, Some(900)),
@@ -501,7 +595,7 @@ mod tests {
             NOW,
             &m(),
         );
-        assert_eq!(d.outcome(), Outcome::SecondFactorRequired);
+        assert_eq!(d.outcome().verdict, Verdict::SecondFactorRequired);
 
         let d = decide(
             need(Requirement::TwoFa, Some(900)),
@@ -510,7 +604,7 @@ mod tests {
             NOW,
             &m(),
         );
-        assert_eq!(d.outcome(), Outcome::Allow);
+        assert_eq!(d.outcome().verdict, Verdict::Allow);
 
         let d = decide(
             need(Requirement::TwoFa, None),
@@ -519,7 +613,7 @@ mod tests {
             NOW,
             &m(),
         );
-        assert_eq!(d.outcome(), Outcome::Allow);
+        assert_eq!(d.outcome().verdict, Verdict::Allow);
     }
 
     #[test]
@@ -531,16 +625,16 @@ mod tests {
             NOW,
             &m(),
         );
-        assert!(matches!(d, Decision::Deny(Error::AuthzUnavailable(_))));
+        assert!(matches!(d, Decision::Deny(Error::AuthzUnavailable(_), _)));
         let d = decide(
             need(Requirement::Token, None),
-            TokenState::Unavailable("keys"),
+            TokenState::Unavailable(Reason::KeysUnavailable),
             SessionState::NotLooked,
             NOW,
             &m(),
         );
-        assert!(matches!(d, Decision::Deny(Error::AuthzUnavailable(_))));
-        assert_eq!(d.outcome(), Outcome::Unavailable);
+        assert!(matches!(d, Decision::Deny(Error::AuthzUnavailable(_), _)));
+        assert_eq!(d.outcome().verdict, Verdict::Unavailable);
     }
 
     #[test]
@@ -552,14 +646,14 @@ mod tests {
         assert_eq!(b("Bearer   "), Ok(None));
         assert_eq!(b("bearer a.b.c"), Ok(Some("a.b.c")));
         assert_eq!(b("BEARER a.b.c"), Ok(Some("a.b.c")));
-        assert_eq!(b("Bearer a.b\tc"), Err("malformed"));
-        assert_eq!(b("Bearer a.b c"), Err("malformed"));
+        assert_eq!(b("Bearer a.b\tc"), Err(Reason::Malformed));
+        assert_eq!(b("Bearer a.b c"), Err(Reason::Malformed));
     }
 
     #[test]
     fn more_than_one_credential_is_invalid() {
         let b = |v| bearer(AuthHeader::Value(v));
-        let two = Err("more than one credential");
+        let two = Err(Reason::MultipleCredentials);
         assert_eq!(b("Bearer a.b.c, Bearer d.e.f"), two);
         assert_eq!(b("Bearer a.b.c,Bearer d.e.f"), two);
         assert_eq!(b("Basic eD15, Bearer a.b.c"), two);
@@ -567,8 +661,8 @@ mod tests {
         assert_eq!(b("Bearer a.b.c,"), two);
         assert_eq!(b(", Bearer a.b.c"), two);
         assert_eq!(
-            bearer(AuthHeader::Invalid("more than one Authorization header")),
-            Err("more than one Authorization header")
+            bearer(AuthHeader::Invalid(Reason::MultipleCredentials)),
+            Err(Reason::MultipleCredentials)
         );
     }
 

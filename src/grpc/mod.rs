@@ -191,7 +191,7 @@ impl AuthzService {
                     })),
                 }
             }
-            Decision::Deny(err) => {
+            Decision::Deny(err, _) => {
                 let mut headers = vec![header("content-type", PROBLEM_JSON)];
                 if let Some(w) = self.state.authz.www_authenticate(err) {
                     headers.push(header("www-authenticate", w));

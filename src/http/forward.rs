@@ -239,6 +239,6 @@ fn render(state: &AppState, decision: &Decision, req_headers: &HeaderMap, envoy:
             }
             (StatusCode::OK, out).into_response()
         }
-        Decision::Deny(err) => super::problem::response(err, state.authz.www_authenticate(err)),
+        Decision::Deny(err, _) => super::problem::response(err, state.authz.www_authenticate(err)),
     }
 }

@@ -94,7 +94,7 @@ async fn handle(state: &AppState, body: &[u8]) -> Result<(), Error> {
         .await
     {
         Ok(c) => c,
-        Err(TokenError::Invalid(why)) => return Err(Error::InvalidLogoutToken(why)),
+        Err(TokenError::Invalid(why)) => return Err(Error::InvalidLogoutToken(why.label())),
         Err(TokenError::Unavailable(_)) => {
             return Err(Error::AuthzUnavailable("signing keys not loaded"))
         }

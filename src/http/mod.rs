@@ -36,10 +36,11 @@ pub fn authorization(headers: &HeaderMap) -> AuthHeader<'_> {
     let mut all = headers.get_all(AUTHORIZATION).iter();
     match (all.next(), all.next()) {
         (None, _) => AuthHeader::Absent,
-        (Some(_), Some(_)) => AuthHeader::Invalid("more than one Authorization header"),
-        (Some(v), None) => v
-            .to_str()
-            .map_or(AuthHeader::Invalid("malformed"), AuthHeader::Value),
+        (Some(_), Some(_)) => AuthHeader::Invalid(crate::token::Reason::MultipleCredentials),
+        (Some(v), None) => v.to_str().map_or(
+            AuthHeader::Invalid(crate::token::Reason::Malformed),
+            AuthHeader::Value,
+        ),
     }
 }
 

@@ -12,7 +12,7 @@ pub use cache::{TokenCache, DEFAULT_CAPACITY as DEFAULT_TOKEN_CACHE_CAPACITY};
 pub use dev::DevIssuer;
 pub use identity::{HexKey, Identity, IdentityParts, SessionKey};
 pub use jwks::{Jwks, KeySet};
-pub use validate::{parse_algorithms, TokenError, Validator, MAX_TOKEN_LEN};
+pub use validate::{parse_algorithms, Reason, TokenError, Validator, MAX_TOKEN_LEN};
 
 /// Hex SHA-256 of a session triple: the session store's key. Hashing keeps
 /// keys bounded and free of whatever characters an issuer puts in `sub`.

@@ -23,9 +23,92 @@ const MAX_CLAIM_LEN: usize = 1024;
 #[derive(Debug)]
 pub enum TokenError {
     /// The token is not acceptable; the reason is for logs and metrics.
-    Invalid(&'static str),
+    Invalid(Reason),
     /// The keys are not available: the decision cannot be made (503).
-    Unavailable(&'static str),
+    Unavailable(Reason),
+}
+
+/// Why a decision came out as it did: the bounded `reason` label of
+/// `twofa_checks_total` and of the debug decision line. The set is closed
+/// (docs/troubleshooting.md lists it) so that the metric's cardinality is
+/// fixed; finer distinctions (an oversized token, a missing `exp`) fold into
+/// the nearest label rather than grow it. Never shown to the client, which
+/// learns only `invalid_token` (RFC 6750 section 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    None,
+    MissingToken,
+    Malformed,
+    MultipleCredentials,
+    BadAlgorithm,
+    UnknownKid,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    WrongIssuer,
+    WrongAudience,
+    WrongClient,
+    WrongType,
+    NotVerified,
+    NoSid,
+    TooOld,
+    StoreUnavailable,
+    KeysUnavailable,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 19] = [
+        Reason::None,
+        Reason::MissingToken,
+        Reason::Malformed,
+        Reason::MultipleCredentials,
+        Reason::BadAlgorithm,
+        Reason::UnknownKid,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::IssuedInFuture,
+        Reason::WrongIssuer,
+        Reason::WrongAudience,
+        Reason::WrongClient,
+        Reason::WrongType,
+        Reason::NotVerified,
+        Reason::NoSid,
+        Reason::TooOld,
+        Reason::StoreUnavailable,
+        Reason::KeysUnavailable,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Reason::None => "none",
+            Reason::MissingToken => "missing_token",
+            Reason::Malformed => "malformed",
+            Reason::MultipleCredentials => "multiple_credentials",
+            Reason::BadAlgorithm => "bad_algorithm",
+            Reason::UnknownKid => "unknown_kid",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::IssuedInFuture => "issued_in_future",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::WrongClient => "wrong_client",
+            Reason::WrongType => "wrong_type",
+            Reason::NotVerified => "not_verified",
+            Reason::NoSid => "no_sid",
+            Reason::TooOld => "too_old",
+            Reason::StoreUnavailable => "store_unavailable",
+            Reason::KeysUnavailable => "keys_unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
 }
 
 #[derive(Deserialize, Clone)]
@@ -133,7 +216,7 @@ impl Validator {
 
     pub async fn validate(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::Invalid("oversized"));
+            return Err(TokenError::Invalid(Reason::Malformed));
         }
         let now = self.clock.now();
         let key = TokenCache::key(token);
@@ -159,20 +242,20 @@ impl Validator {
         audiences: &[String],
     ) -> Result<T, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::Invalid("oversized"));
+            return Err(TokenError::Invalid(Reason::Malformed));
         }
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid("malformed"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| TokenError::Invalid(Reason::Malformed))?;
         if !self.algorithms.contains(&header.alg) {
-            return Err(TokenError::Invalid("algorithm not allowed"));
+            return Err(TokenError::Invalid(Reason::BadAlgorithm));
         }
         let entry = match self.jwks.lookup(header.kid.as_deref()).await {
             Lookup::Found(e) => e,
-            Lookup::Unknown => return Err(TokenError::Invalid("unknown key")),
-            Lookup::Unavailable => return Err(TokenError::Unavailable("signing keys not loaded")),
+            Lookup::Unknown => return Err(TokenError::Invalid(Reason::UnknownKid)),
+            Lookup::Unavailable => return Err(TokenError::Unavailable(Reason::KeysUnavailable)),
         };
         if !entry.family.accepts(header.alg) || entry.alg.is_some_and(|a| a != header.alg) {
-            return Err(TokenError::Invalid("algorithm does not match the key"));
+            return Err(TokenError::Invalid(Reason::BadAlgorithm));
         }
         let mut v = Validation::new(header.alg);
         v.algorithms = vec![header.alg];
@@ -197,12 +280,15 @@ impl Validator {
             Err(e) => {
                 use jsonwebtoken::errors::ErrorKind as K;
                 Err(TokenError::Invalid(match e.kind() {
-                    K::InvalidSignature => "bad signature",
-                    K::InvalidIssuer => "wrong issuer",
-                    K::InvalidAudience => "wrong audience",
-                    K::MissingRequiredClaim(_) => "missing claim",
-                    K::InvalidAlgorithm => "algorithm not allowed",
-                    _ => "malformed",
+                    K::InvalidSignature => Reason::BadSignature,
+                    K::InvalidIssuer => Reason::WrongIssuer,
+                    K::InvalidAudience => Reason::WrongAudience,
+                    // A token without `aud` where one is required is
+                    // addressed to nobody: the audience is what is wrong.
+                    K::MissingRequiredClaim(c) if c == "aud" => Reason::WrongAudience,
+                    K::MissingRequiredClaim(_) => Reason::Malformed,
+                    K::InvalidAlgorithm => Reason::BadAlgorithm,
+                    _ => Reason::Malformed,
                 }))
             }
         }
@@ -210,15 +296,15 @@ impl Validator {
 
     fn check_claims(&self, c: Claims, now: i64) -> Result<Identity, TokenError> {
         let lw = self.leeway;
-        let exp = c.exp.ok_or(TokenError::Invalid("missing claim"))?;
+        let exp = c.exp.ok_or(TokenError::Invalid(Reason::Malformed))?;
         if exp.saturating_add(lw) <= now {
-            return Err(TokenError::Invalid("expired"));
+            return Err(TokenError::Invalid(Reason::Expired));
         }
         if c.nbf.is_some_and(|nbf| nbf - lw > now) {
-            return Err(TokenError::Invalid("not yet valid"));
+            return Err(TokenError::Invalid(Reason::NotYetValid));
         }
         if c.iat.is_some_and(|iat| iat - lw > now) {
-            return Err(TokenError::Invalid("issued in the future"));
+            return Err(TokenError::Invalid(Reason::IssuedInFuture));
         }
         // Keycloak marks its token kinds with `typ`: Bearer (access), ID,
         // Refresh, Logout. Only access tokens authorize requests.
@@ -226,7 +312,7 @@ impl Validator {
             .as_deref()
             .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
         {
-            return Err(TokenError::Invalid("not an access token"));
+            return Err(TokenError::Invalid(Reason::WrongType));
         }
         if !self.allowed_clients.is_empty()
             && !c
@@ -234,12 +320,12 @@ impl Validator {
                 .as_deref()
                 .is_some_and(|a| self.allowed_clients.iter().any(|x| x == a))
         {
-            return Err(TokenError::Invalid("client not allowed"));
+            return Err(TokenError::Invalid(Reason::WrongClient));
         }
         let sub = c
             .sub
             .filter(|s| !s.is_empty())
-            .ok_or(TokenError::Invalid("missing claim"))?;
+            .ok_or(TokenError::Invalid(Reason::Malformed))?;
         let sid = c.sid.or(c.session_state).filter(|s| !s.is_empty());
         let too_long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.len() > MAX_CLAIM_LEN);
         if sub.len() > MAX_CLAIM_LEN
@@ -247,7 +333,7 @@ impl Validator {
             || too_long(&c.preferred_username)
             || too_long(&c.email)
         {
-            return Err(TokenError::Invalid("claim too long"));
+            return Err(TokenError::Invalid(Reason::Malformed));
         }
         let roles: Vec<&str> = c
             .realm_access

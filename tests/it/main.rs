@@ -44,6 +44,7 @@ mod ops;
 mod otp_rotation;
 mod pg_tls;
 mod readiness;
+mod reasons;
 mod recovery_burst;
 mod redis_tier;
 mod service;

@@ -75,11 +75,11 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         // Check path, never "the first one wins".
         let result = match bearer(crate::http::authorization(&parts.headers)) {
             Ok(None) => Err(Error::MissingToken),
-            Err(why) => Err(Error::InvalidToken(why)),
+            Err(why) => Err(Error::InvalidToken(why.label())),
             Ok(Some(t)) => match state.authz.validator().validate(t).await {
                 Ok(id) => Ok(id),
-                Err(TokenError::Invalid(why)) => Err(Error::InvalidToken(why)),
-                Err(TokenError::Unavailable(why)) => Err(Error::AuthzUnavailable(why)),
+                Err(TokenError::Invalid(why)) => Err(Error::InvalidToken(why.label())),
+                Err(TokenError::Unavailable(why)) => Err(Error::AuthzUnavailable(why.label())),
             },
         };
         result.map(Auth).map_err(|e| {
