@@ -13,6 +13,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 
+use super::redis::Req;
 use super::StoreError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
@@ -51,10 +52,29 @@ impl HotReader {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut c = self.conn().await?;
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
-        match tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<Option<Vec<u8>>>(&mut c)).await {
+        self.query(Req::Cmd(&cmd)).await
+    }
+
+    /// GET and PTTL of one key in one round trip (what a session cache
+    /// fills an entry from). PTTL: -2 when the key is gone, -1 without TTL.
+    pub async fn get_with_pttl(&self, key: &str) -> Result<(Option<Vec<u8>>, i64), StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        self.query(Req::Pipe(&p)).await
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, req: Req<'_>) -> Result<T, StoreError> {
+        let mut c = self.conn().await?;
+        let fut = async {
+            match req {
+                Req::Cmd(cmd) => cmd.query_async::<T>(&mut c).await,
+                Req::Pipe(p) => p.query_async::<T>(&mut c).await,
+                Req::Script(s) => s.invoke_async::<T>(&mut c).await,
+            }
+        };
+        match tokio::time::timeout(OP_TIMEOUT, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if super::redis::connection_failed(&e) {

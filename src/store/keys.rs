@@ -35,9 +35,21 @@ fn tag(s: &str) -> String {
     format!("{{{s}}}")
 }
 
+/// What every [`session`] key starts with: the prefix a session cache
+/// tracks (`CLIENT TRACKING ... BCAST PREFIX`, see `store::tracking`).
+pub const SESSION_PREFIX: &str = "sv:";
+
 /// A user's verified Keycloak session.
 pub fn session(subject: &str, session: &str) -> String {
-    format!("sv:{}:{session}", tag(subject))
+    format!("{SESSION_PREFIX}{}:{session}", tag(subject))
+}
+
+/// The `<session>` part of a [`session`] key (given without the store's
+/// prefix); None for anything else.
+pub fn parse_session(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(SESSION_PREFIX)?.strip_prefix('{')?;
+    let (_subject, session) = rest.split_once("}:")?;
+    (!session.is_empty()).then_some(session)
 }
 
 /// The set of a user's sessions (`reset-user`, logout by `sub`).
@@ -151,6 +163,16 @@ mod tests {
         uniq.sort();
         uniq.dedup();
         assert_eq!(uniq.len(), all.len());
+    }
+
+    #[test]
+    fn a_session_key_names_its_session() {
+        let k = session("ab12", "cd34");
+        assert!(k.starts_with(SESSION_PREFIX));
+        assert_eq!(parse_session(&k), Some("cd34"));
+        assert_eq!(parse_session(&subject_sessions("ab12")), None);
+        assert_eq!(parse_session("sv:{ab12}:"), None);
+        assert_eq!(parse_session("sv:ab12:cd34"), None);
     }
 
     #[test]

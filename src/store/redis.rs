@@ -199,17 +199,33 @@ return n
 impl SessionStore for RedisSessionStore {
     async fn get(&self, subject: &str, session: &str) -> Result<Option<Verified>, StoreError> {
         let raw = self.reads.get(&self.session_key(subject, session)).await?;
-        match raw {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(e.to_string())),
-        }
+        raw.map(|b| super::decode_verified(&b)).transpose()
+    }
+
+    async fn get_with_ttl(
+        &self,
+        subject: &str,
+        session: &str,
+    ) -> Result<Option<(Verified, Option<Duration>)>, StoreError> {
+        let key = self.session_key(subject, session);
+        let (raw, pttl) = self.reads.get_with_pttl(&key).await?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let v = super::decode_verified(&raw)?;
+        Ok(match pttl {
+            // Gone between the two commands (another client's DEL ran
+            // between them): the fresher answer.
+            -2 => None,
+            // No TTL: this store never writes one, so no expiry to trust.
+            ms if ms < 0 => Some((v, None)),
+            ms => Some((v, Some(Duration::from_millis(ms as u64)))),
+        })
     }
 
     async fn put(&self, ids: &SessionIds, v: Verified, ttl: Duration) -> Result<(), StoreError> {
         let secs = ttl.as_secs().max(1);
-        let value = serde_json::to_string(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let value = super::encode_verified(v);
         // The sid index lives in another slot than the session: its own
         // step, first, so that a failure leaves at most an entry pointing
         // at nothing (which logout by sid then finds empty).
@@ -224,7 +240,7 @@ impl SessionStore for RedisSessionStore {
         p.atomic()
             .cmd("SET")
             .arg(self.session_key(&ids.subject, &ids.session))
-            .arg(value)
+            .arg(&value[..])
             .arg("EX")
             .arg(secs)
             .ignore()
