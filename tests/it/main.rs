@@ -44,6 +44,7 @@ mod pg_tls;
 mod readiness;
 mod recovery_burst;
 mod service;
+mod session_cache;
 mod session_store;
 mod stores;
 mod ui;
