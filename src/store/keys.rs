@@ -11,7 +11,7 @@
 //!
 //! | family | key | owner | value | TTL |
 //! |---|---|---|---|---|
-//! | verified session | `sv:{S}:<session>` | `SessionStore` | JSON `{"f": factor, "at": unix s}` | `security.second_factor_ttl` |
+//! | verified session | `sv:{S}:<session>` | `SessionStore` | 10 bytes, `store::encode_verified` (earlier versions: JSON `{"f": factor, "at": unix s}`, still read) | `security.second_factor_ttl` |
 //! | subject's sessions | `su:{S}` | `SessionStore` | set of `<session>` | that of its newest session |
 //! | session by sid | `sd:{D}` | `SessionStore` | `<S>:<session>`, enough to find the two keys above | `security.second_factor_ttl` |
 //! | wrong codes | `att:{S}` | `EphemeralStore::take_attempt` | counter since the last lockout or success | `security.lockout`, from the first wrong code |
