@@ -38,6 +38,7 @@ use crate::factor::service::{Directory, Ports, Settings};
 use crate::factor::Factors;
 use crate::keycloak::AdminClient;
 use crate::metrics::Metrics;
+use crate::store::session_cache::CachedSessions;
 use crate::store::{self, EphemeralStore, ProfileStore, SessionStore, StoreError};
 use crate::token::{parse_algorithms, DevIssuer, Jwks, Validator};
 
@@ -56,6 +57,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub authz: Arc<Authorizer>,
     pub sessions: Arc<dyn SessionStore>,
+    /// The memory in front of a Redis session store (`cache.session_capacity`),
+    /// whose invalidation channel `run` opens; None when there is none.
+    pub session_cache: Option<Arc<CachedSessions>>,
     pub dev: Option<Arc<DevIssuer>>,
     pub http: reqwest::Client,
     /// Pending codes, attempt counters, lockouts, resend timers, pending
@@ -194,7 +198,22 @@ impl AppState {
             );
             (v, None)
         };
-        let sessions = store::session_store(&cfg.storage, clock.clone())?;
+        validator.cache().count_with(metrics.token_cache.clone());
+        let validator = Arc::new(validator);
+        {
+            // Weak: the validator's key set holds the metrics.
+            let v = Arc::downgrade(&validator);
+            metrics.observe_entries("token", move || v.upgrade().map_or(0, |v| v.cache().len()));
+        }
+        let (sessions, session_cache) = store::cached_session_store(
+            &cfg.storage,
+            cfg.cache.session_capacity,
+            clock.clone(),
+            metrics.session_cache.clone(),
+        )?;
+        if let Some(c) = &session_cache {
+            metrics.observe_entries("session", c.entries());
+        }
         let delivery = Arc::new(Delivery::from_config(&cfg, http.clone(), metrics.clone())?);
         let keycloak_admin =
             AdminClient::from_config(&cfg.keycloak, http.clone(), clock.clone())?.map(Arc::new);
@@ -226,7 +245,7 @@ impl AppState {
         ));
         let authz = Arc::new(Authorizer::new(
             &cfg,
-            Arc::new(validator),
+            validator,
             sessions.clone(),
             ephemeral.clone(),
             clock.clone(),
@@ -237,6 +256,7 @@ impl AppState {
             metrics,
             authz,
             sessions,
+            session_cache,
             dev,
             http,
             ephemeral,
@@ -296,6 +316,9 @@ pub async fn run(
     let (tx, rx) = watch::channel(false);
     state.authz.validator().jwks().spawn_refresher(rx.clone());
     prepare_redis(&state).await?;
+    if let Some(cache) = &state.session_cache {
+        cache.start(rx.clone());
+    }
     prepare_database(state.clone(), rx.clone()).await?;
 
     let (reporter, health) = tonic_health::server::health_reporter();

@@ -1,9 +1,12 @@
 //! Prometheus metrics (INTERFACE.md section 7). The Check path uses counters
 //! resolved once at start, so recording a decision hashes no label strings.
 
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::authz::{Outcome, Verdict};
@@ -61,8 +64,25 @@ impl CheckCounters {
     }
 }
 
+/// Hits and misses of one Check-path cache (`twofa_cache_hits_total`,
+/// `twofa_cache_misses_total`, label `cache`), resolved once.
+#[derive(Clone)]
+pub struct CacheCounters {
+    pub hits: IntCounter,
+    pub misses: IntCounter,
+}
+
+/// How many entries a cache holds, read when /metrics is rendered.
+type EntriesSource = Arc<dyn Fn() -> usize + Send + Sync>;
+
 pub struct Metrics {
     pub registry: Registry,
+    /// `cache="token"`: the verified-token cache.
+    pub token_cache: CacheCounters,
+    /// `cache="session"`: second-factor state in memory.
+    pub session_cache: CacheCounters,
+    cache_entries: Vec<(IntGauge, &'static str)>,
+    entries_sources: Mutex<Vec<(&'static str, EntriesSource)>>,
     pub grpc_checks: CheckCounters,
     pub http_checks: CheckCounters,
     pub otp_sent: IntCounterVec,
@@ -145,6 +165,42 @@ impl Metrics {
             .buckets(exponential_buckets(0.0001, 2.5, 14)?),
             &["method", "route"],
         )?;
+        let cache_hits = IntCounterVec::new(
+            Opts::new(
+                "twofa_cache_hits_total",
+                "Check-path cache lookups answered from memory, by cache",
+            ),
+            &["cache"],
+        )?;
+        let cache_misses = IntCounterVec::new(
+            Opts::new(
+                "twofa_cache_misses_total",
+                "Check-path cache lookups that went to the signature check or the session store, by cache",
+            ),
+            &["cache"],
+        )?;
+        let cache_entries_vec = IntGaugeVec::new(
+            Opts::new("twofa_cache_entries", "Entries a Check-path cache holds"),
+            &["cache"],
+        )?;
+        let cache = |name: &str| -> Result<CacheCounters, prometheus::Error> {
+            Ok(CacheCounters {
+                hits: cache_hits.get_metric_with_label_values(&[name])?,
+                misses: cache_misses.get_metric_with_label_values(&[name])?,
+            })
+        };
+        let token_cache = cache("token")?;
+        let session_cache = cache("session")?;
+        let mut cache_entries = Vec::new();
+        for name in ["token", "session"] {
+            cache_entries.push((
+                cache_entries_vec.get_metric_with_label_values(&[name])?,
+                name,
+            ));
+        }
+        registry.register(Box::new(cache_hits))?;
+        registry.register(Box::new(cache_misses))?;
+        registry.register(Box::new(cache_entries_vec))?;
         registry.register(Box::new(checks))?;
         registry.register(Box::new(check_duration))?;
         registry.register(Box::new(otp_sent.clone()))?;
@@ -157,6 +213,10 @@ impl Metrics {
         register_build_and_process(&registry)?;
         Ok(Self {
             registry,
+            token_cache,
+            session_cache,
+            cache_entries,
+            entries_sources: Mutex::new(Vec::new()),
             grpc_checks,
             http_checks,
             otp_sent,
@@ -169,7 +229,28 @@ impl Metrics {
         })
     }
 
+    /// Reports `entries()` as `twofa_cache_entries{cache}` (`token` or
+    /// `session`) whenever /metrics is rendered.
+    pub fn observe_entries(
+        &self,
+        cache: &'static str,
+        entries: impl Fn() -> usize + Send + Sync + 'static,
+    ) {
+        self.entries_sources.lock().push((cache, Arc::new(entries)));
+    }
+
     pub fn render(&self) -> String {
+        {
+            let sources = self.entries_sources.lock();
+            for (gauge, name) in &self.cache_entries {
+                let n: usize = sources
+                    .iter()
+                    .filter(|(c, _)| c == name)
+                    .map(|(_, f)| f())
+                    .sum();
+                gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
@@ -300,5 +381,30 @@ mod tests {
                 "{name} in\n{text}"
             );
         }
+    }
+
+    /// One family per measure for both caches, exported at 0 before use.
+    #[test]
+    fn cache_counters_share_one_family_per_measure() {
+        let m = Metrics::new().expect("metrics");
+        let text = m.render();
+        for cache in ["token", "session"] {
+            for family in ["twofa_cache_hits_total", "twofa_cache_misses_total"] {
+                let series = format!("{family}{{cache=\"{cache}\"}}");
+                assert_eq!(sample(&text, &series), Some(0.0), "{series} in\n{text}");
+            }
+        }
+        m.session_cache.hits.inc();
+        m.session_cache.hits.inc();
+        m.token_cache.misses.inc();
+        m.observe_entries("session", || 7);
+        m.observe_entries("token", || 3);
+        let text = m.render();
+        let at = |s: &str| sample(&text, s);
+        assert_eq!(at("twofa_cache_hits_total{cache=\"session\"}"), Some(2.0));
+        assert_eq!(at("twofa_cache_hits_total{cache=\"token\"}"), Some(0.0));
+        assert_eq!(at("twofa_cache_misses_total{cache=\"token\"}"), Some(1.0));
+        assert_eq!(at("twofa_cache_entries{cache=\"session\"}"), Some(7.0));
+        assert_eq!(at("twofa_cache_entries{cache=\"token\"}"), Some(3.0));
     }
 }

@@ -220,12 +220,6 @@ mod tests {
         assert_eq!(env_var("keycloak.jwks_url"), "TWOFA_KEYCLOAK__JWKS_URL");
     }
 
-    /// Keys of INTERFACE.md section 2 that other branches parse: documented
-    /// already, accepted once merged. Remove each here when it is accepted.
-    const CONTRACT_KEYS_NOT_YET_PARSED: &[&str] = &[
-        "cache.session_capacity",
-    ];
-
     /// docs/configuration.md has one table row per accepted key, with its
     /// environment variable (and `_FILE` form exactly for secret keys), a
     /// default and an example; and no row for a key the loader refuses.
@@ -278,9 +272,7 @@ mod tests {
         );
         let unknown: Vec<_> = documented
             .iter()
-            .filter(|k| {
-                !accepted.contains(k) && !CONTRACT_KEYS_NOT_YET_PARSED.contains(&k.as_str())
-            })
+            .filter(|k| !accepted.contains(k))
             .collect();
         assert!(
             unknown.is_empty(),

@@ -375,6 +375,9 @@ pub const METHODS: &[&str] = &["totp", "email", "sms", "recovery"];
 /// 16 Mi entries is some 10 GiB of verified tokens: beyond that a value is a
 /// typo, not a deployment.
 const MAX_CACHE_CAPACITY: usize = 1 << 24;
+/// Ten million sessions in memory is about a gigabyte: beyond that a value
+/// is a typo, not a deployment.
+const MAX_SESSION_CACHE_CAPACITY: usize = 10_000_000;
 
 fn validate(c: &Config) -> Result<(), ConfigError> {
     let grpc = c.server.grpc_socket()?;
@@ -532,6 +535,14 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             "cache.token_capacity",
             format!("at most {MAX_CACHE_CAPACITY} (about 600 bytes each); 0 turns the cache off"),
+        ));
+    }
+    if c.cache.session_capacity > MAX_SESSION_CACHE_CAPACITY {
+        return Err(ConfigError::new(
+            "cache.session_capacity",
+            format!(
+                "at most {MAX_SESSION_CACHE_CAPACITY} (about 100 bytes each); 0 reads the session store on every Check"
+            ),
         ));
     }
 
@@ -1082,6 +1093,34 @@ mod tests {
         let c = load(Some(f.path()), base_env(), false).unwrap();
         assert_eq!(c.cache.token_capacity, 1000);
         assert!(c.redacted_toml().contains("[cache]\ntoken_capacity = 1000"));
+    }
+
+    #[test]
+    fn the_session_cache_is_sized_by_cache_session_capacity() {
+        assert_eq!(
+            load(None, base_env(), false)
+                .unwrap()
+                .cache
+                .session_capacity,
+            65_536
+        );
+        let mut env = base_env();
+        env.push(("TWOFA_CACHE__SESSION_CAPACITY".into(), "0".into()));
+        assert_eq!(load(None, env, false).unwrap().cache.session_capacity, 0);
+        for bad in ["10000001", "-1", "many"] {
+            let mut env = base_env();
+            env.push(("TWOFA_CACHE__SESSION_CAPACITY".into(), bad.into()));
+            assert_eq!(
+                load(None, env, false).unwrap_err().key,
+                "cache.session_capacity",
+                "{bad}"
+            );
+        }
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[cache]\nsession_capacity = 10000000\n").unwrap();
+        let c = load(Some(f.path()), base_env(), false).unwrap();
+        assert_eq!(c.cache.session_capacity, 10_000_000);
+        assert!(c.redacted_toml().contains("session_capacity = 10000000"));
     }
 
     #[test]

@@ -191,12 +191,18 @@ pub struct CacheConfig {
     /// all forgotten when the issuer's key set changes), so that a repeat
     /// request skips the signature check. `0` verifies every token.
     pub token_capacity: usize,
+    /// Sessions' second-factor state held in memory in front of the Redis
+    /// session store, invalidated by Redis (`store::session_cache`). `0`
+    /// reads the store on every Check. Unused with `memory://`, which is in
+    /// memory already.
+    pub session_capacity: usize,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             token_capacity: crate::token::DEFAULT_TOKEN_CACHE_CAPACITY,
+            session_capacity: crate::store::session_cache::DEFAULT_CAPACITY,
         }
     }
 }

@@ -13,7 +13,7 @@
 //!
 //! | family | key | owner | value | TTL |
 //! |---|---|---|---|---|
-//! | verified session | `sv:{S}:<session>` | `SessionStore` | JSON `{"f": factor, "at": unix s}` | `security.second_factor_ttl` |
+//! | verified session | `sv:{S}:<session>` | `SessionStore` | 10 bytes, `store::encode_verified` (earlier versions: JSON `{"f": factor, "at": unix s}`, still read) | `security.second_factor_ttl` |
 //! | subject's sessions | `su:{S}` | `SessionStore` | set of `<session>` | that of its newest session |
 //! | session by sid | `sd:{D}` | `SessionStore` | `<S>:<session>`, enough to find the two keys above | `security.second_factor_ttl` |
 //! | wrong codes | `att:{S}` | `EphemeralStore::take_attempt` | counter since the last lockout or success | `security.lockout`, from the first wrong code |
@@ -37,9 +37,21 @@ fn tag(s: &str) -> String {
     format!("{{{s}}}")
 }
 
+/// What every [`session`] key starts with: the prefix a session cache
+/// tracks (`CLIENT TRACKING ... BCAST PREFIX`, see `store::tracking`).
+pub const SESSION_PREFIX: &str = "sv:";
+
 /// A user's verified Keycloak session.
 pub fn session(subject: &str, session: &str) -> String {
-    format!("sv:{}:{session}", tag(subject))
+    format!("{SESSION_PREFIX}{}:{session}", tag(subject))
+}
+
+/// The `<session>` part of a [`session`] key (given without the store's
+/// prefix); None for anything else.
+pub fn parse_session(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(SESSION_PREFIX)?.strip_prefix('{')?;
+    let (_subject, session) = rest.split_once("}:")?;
+    (!session.is_empty()).then_some(session)
 }
 
 /// The set of a user's sessions (`reset-user`, logout by `sub`).
@@ -153,6 +165,16 @@ mod tests {
         uniq.sort();
         uniq.dedup();
         assert_eq!(uniq.len(), all.len());
+    }
+
+    #[test]
+    fn a_session_key_names_its_session() {
+        let k = session("ab12", "cd34");
+        assert!(k.starts_with(SESSION_PREFIX));
+        assert_eq!(parse_session(&k), Some("cd34"));
+        assert_eq!(parse_session(&subject_sessions("ab12")), None);
+        assert_eq!(parse_session("sv:{ab12}:"), None);
+        assert_eq!(parse_session("sv:ab12:cd34"), None);
     }
 
     #[test]

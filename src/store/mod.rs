@@ -17,7 +17,9 @@ pub mod migrations;
 pub mod pg_tls;
 pub mod postgres;
 pub mod redis;
+pub mod session_cache;
 pub mod sqlite;
+pub mod tracking;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::SharedClock;
 use crate::config::StorageConfig;
+use session_cache::CachedSessions;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -38,6 +41,26 @@ pub enum Factor {
 }
 
 impl Factor {
+    /// The byte that names the factor in [`encode_verified`].
+    fn code(self) -> u8 {
+        match self {
+            Factor::Totp => 1,
+            Factor::Email => 2,
+            Factor::Sms => 3,
+            Factor::Recovery => 4,
+        }
+    }
+
+    fn from_code(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => Factor::Totp,
+            2 => Factor::Email,
+            3 => Factor::Sms,
+            4 => Factor::Recovery,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Factor::Totp => "totp",
@@ -54,6 +77,46 @@ pub struct Verified {
     #[serde(rename = "f")]
     pub factor: Factor,
     pub at: i64,
+}
+
+/// The version byte of [`encode_verified`]'s layout.
+const VERIFIED_V1: u8 = 1;
+/// Version byte, factor byte, `at` as i64 big-endian.
+const VERIFIED_V1_LEN: usize = 10;
+
+/// A session's stored value: 10 bytes (a version byte, the factor, `at`
+/// big-endian) instead of JSON, so that reading one costs no parser and no
+/// allocation. The version byte is never `{`, which tells this layout from
+/// the JSON `{"f": factor, "at": unix s}` that earlier versions wrote.
+pub fn encode_verified(v: Verified) -> [u8; VERIFIED_V1_LEN] {
+    let mut out = [0u8; VERIFIED_V1_LEN];
+    out[0] = VERIFIED_V1;
+    out[1] = v.factor.code();
+    out[2..].copy_from_slice(&v.at.to_be_bytes());
+    out
+}
+
+/// Reads [`encode_verified`]'s layout, and the JSON of earlier versions so
+/// that sessions verified before a rolling upgrade stay verified.
+pub fn decode_verified(raw: &[u8]) -> Result<Verified, StoreError> {
+    match raw.first() {
+        Some(&VERIFIED_V1) if raw.len() == VERIFIED_V1_LEN => {
+            let factor = Factor::from_code(raw[1])
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown factor code {}", raw[1])))?;
+            let mut at = [0u8; 8];
+            at.copy_from_slice(&raw[2..]);
+            Ok(Verified {
+                factor,
+                at: i64::from_be_bytes(at),
+            })
+        }
+        Some(b'{') => serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(e.to_string())),
+        Some(b) => Err(StoreError::Corrupt(format!(
+            "verified session: unknown layout {b} ({} bytes)",
+            raw.len()
+        ))),
+        None => Err(StoreError::Corrupt("verified session: empty value".into())),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +161,16 @@ impl SessionIds {
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     async fn get(&self, subject: &str, session: &str) -> Result<Option<Verified>, StoreError>;
+    /// [`SessionStore::get`] with how long the stored state has left, when
+    /// the store can tell: what a cache in front of it needs to forget the
+    /// entry no later than the store does.
+    async fn get_with_ttl(
+        &self,
+        subject: &str,
+        session: &str,
+    ) -> Result<Option<(Verified, Option<Duration>)>, StoreError> {
+        Ok(self.get(subject, session).await?.map(|v| (v, None)))
+    }
     async fn put(&self, ids: &SessionIds, v: Verified, ttl: Duration) -> Result<(), StoreError>;
     async fn remove(&self, ids: &SessionIds) -> Result<bool, StoreError>;
     /// Removes every session of the subject; returns how many there were.
@@ -114,6 +187,58 @@ pub trait SessionStore: Send + Sync {
 /// settings of the current primary (for an invalidation channel).
 pub fn redis_target(cfg: &StorageConfig) -> Result<Option<Arc<redis::RedisTarget>>, String> {
     Ok(redis::RedisTarget::from_config(cfg)?.map(Arc::new))
+}
+
+/// The session store of the Check path, and its cache when it has one.
+pub type CheckSessions = (Arc<dyn SessionStore>, Option<Arc<CachedSessions>>);
+
+/// The session store the Check path reads: [`session_store`], and with
+/// Redis and `capacity > 0` a [`session_cache::CachedSessions`] in front of
+/// it (returned too, so that `app::run` can start its invalidation
+/// channel). The memory store needs no cache: it is in memory already. A
+/// Cluster gets no cache: its keys live on several primaries, and one
+/// tracking connection would hear the invalidations of only one of them.
+pub fn cached_session_store(
+    cfg: &StorageConfig,
+    capacity: usize,
+    clock: SharedClock,
+    counters: crate::metrics::CacheCounters,
+) -> Result<CheckSessions, String> {
+    let Some(target) = redis_target(cfg)? else {
+        return Ok((session_store(cfg, clock)?, None));
+    };
+    let inner = Arc::new(redis::RedisSessionStore::new(
+        Arc::new(redis::Link::new(target.clone())),
+        cfg.key_prefix.clone(),
+    ));
+    if capacity == 0 || target.topology() == redis::Topology::Cluster {
+        return Ok((inner, None));
+    }
+    // Asked before every (re)connect of the invalidation channel: under
+    // Sentinel that is the primary the sentinels name now, so after a
+    // failover the channel (and the cache) follow the new primary.
+    let tracking_target = tracking::Target::Dynamic(Arc::new(move || {
+        let target = target.clone();
+        Box::pin(async move {
+            target
+                .tracking_info()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "redis: no single primary to track".to_string())
+        })
+    }));
+    let cached = Arc::new(CachedSessions::new(
+        inner,
+        capacity,
+        tracking::Tracking::new(
+            tracking_target,
+            format!("{}{}", cfg.key_prefix, keys::SESSION_PREFIX),
+        ),
+        clock,
+        counters,
+        cfg.key_prefix.clone(),
+    ));
+    Ok((cached.clone(), Some(cached)))
 }
 
 /// The session store the storage keys name: Redis (one server, Cluster or
@@ -344,4 +469,56 @@ pub trait ProfileStore: Send + Sync {
     /// Administrator reset: removes TOTP, recovery codes and the failure
     /// count (the profile and contacts stay).
     async fn reset_user(&self, subject: &str) -> Result<ResetReport, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verified_round_trips_in_ten_bytes() {
+        for factor in [Factor::Totp, Factor::Email, Factor::Sms, Factor::Recovery] {
+            for at in [0, 1_700_000_000, -1, i64::MAX] {
+                let v = Verified { factor, at };
+                let raw = encode_verified(v);
+                assert_eq!(raw.len(), 10);
+                assert_eq!(decode_verified(&raw).unwrap(), v);
+            }
+        }
+    }
+
+    /// Values written by earlier versions (JSON) still read: a rolling
+    /// upgrade keeps verified sessions verified.
+    #[test]
+    fn the_json_of_earlier_versions_still_reads() {
+        let v = decode_verified(br#"{"f":"sms","at":1700000000}"#).unwrap();
+        assert_eq!(
+            v,
+            Verified {
+                factor: Factor::Sms,
+                at: 1_700_000_000
+            }
+        );
+        assert_eq!(
+            serde_json::to_vec(&v).unwrap(),
+            br#"{"f":"sms","at":1700000000}"#
+        );
+    }
+
+    #[test]
+    fn anything_else_is_corrupt() {
+        for bad in [
+            &b""[..],
+            &[1u8, 1, 0][..],
+            &[1u8, 9, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            &[2u8, 1, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            &br#"{"f":"voice","at":1}"#[..],
+            &b"{not json"[..],
+        ] {
+            assert!(
+                matches!(decode_verified(bad), Err(StoreError::Corrupt(_))),
+                "{bad:?}"
+            );
+        }
+    }
 }

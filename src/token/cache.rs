@@ -12,12 +12,13 @@
 //! served between two sweeps.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
 
 use super::Identity;
+use crate::metrics::CacheCounters;
 
 /// `cache.token_capacity` when the configuration does not say.
 pub const DEFAULT_CAPACITY: usize = 65_536;
@@ -31,6 +32,8 @@ pub struct TokenCache {
     /// key change may finish after it; its result must not be cached, or a
     /// token of a withdrawn key would stay accepted until it expires.
     generation: AtomicU64,
+    /// `twofa_cache_{hits,misses}_total{cache="token"}`, once wired.
+    counters: OnceLock<CacheCounters>,
 }
 
 impl TokenCache {
@@ -38,6 +41,23 @@ impl TokenCache {
         Self {
             entries: (capacity > 0).then(|| Cache::new(capacity)),
             generation: AtomicU64::new(0),
+            counters: OnceLock::new(),
+        }
+    }
+
+    /// Counts this cache's hits and misses from now on (the first call
+    /// wins).
+    pub fn count_with(&self, counters: CacheCounters) {
+        let _ = self.counters.set(counters);
+    }
+
+    fn count(&self, hit: bool) {
+        if let Some(c) = self.counters.get() {
+            if hit {
+                c.hits.inc();
+            } else {
+                c.misses.inc();
+            }
         }
     }
 
@@ -53,13 +73,16 @@ impl TokenCache {
     /// The identity of a cached token still valid at `now`.
     pub fn get(&self, key: &Key, now: i64) -> Option<Arc<Identity>> {
         let entries = self.entries.as_ref()?;
-        let id = entries.get(key)?;
-        if id.valid_until() > now {
-            Some(id)
-        } else {
-            entries.remove(key);
-            None
-        }
+        let found = entries.get(key).and_then(|id| {
+            if id.valid_until() > now {
+                Some(id)
+            } else {
+                entries.remove(key);
+                None
+            }
+        });
+        self.count(found.is_some());
+        found
     }
 
     /// Remembers a token verified under the key set of `generation`; a no-op
@@ -175,6 +198,24 @@ mod tests {
         assert!(c.get(&key(2), 0).is_none(), "cached across a key change");
         c.insert(key(2), identity(2, 100), c.generation());
         assert!(c.get(&key(2), 0).is_some());
+    }
+
+    #[test]
+    fn hits_and_misses_are_counted() {
+        let m = crate::metrics::Metrics::new().expect("metrics");
+        let c = TokenCache::new(16);
+        c.count_with(m.token_cache.clone());
+        assert!(c.get(&key(1), 0).is_none());
+        c.insert(key(1), identity(1, 100), c.generation());
+        assert!(c.get(&key(1), 0).is_some());
+        assert!(c.get(&key(1), 0).is_some());
+        // Expired: a miss.
+        assert!(c.get(&key(1), 100).is_none());
+        assert_eq!(
+            (m.token_cache.hits.get(), m.token_cache.misses.get()),
+            (2, 2)
+        );
+        assert_eq!(m.session_cache.hits.get(), 0);
     }
 
     #[test]

@@ -48,6 +48,7 @@ mod reasons;
 mod recovery_burst;
 mod redis_tier;
 mod service;
+mod session_cache;
 mod session_store;
 mod spa_cors;
 mod stores;

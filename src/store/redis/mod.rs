@@ -93,17 +93,37 @@ impl SessionStore for RedisSessionStore {
         let mut c = redis::cmd("GET");
         c.arg(self.session_key(subject, session));
         let raw: Option<Vec<u8>> = self.link.read(Req::Cmd(&c)).await?;
-        match raw {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(e.to_string())),
-        }
+        raw.map(|b| super::decode_verified(&b)).transpose()
+    }
+
+    /// GET and PTTL of one key in one round trip (what the session cache
+    /// fills an entry from). PTTL: -2 when the key is gone, -1 without TTL.
+    async fn get_with_ttl(
+        &self,
+        subject: &str,
+        session: &str,
+    ) -> Result<Option<(Verified, Option<Duration>)>, StoreError> {
+        let key = self.session_key(subject, session);
+        let mut p = redis::pipe();
+        p.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+        let (raw, pttl): (Option<Vec<u8>>, i64) = self.link.read(Req::Pipe(&p)).await?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let v = super::decode_verified(&raw)?;
+        Ok(match pttl {
+            // Gone between the two commands (another client's DEL ran
+            // between them): the fresher answer.
+            -2 => None,
+            // No TTL: this store never writes one, so no expiry to trust.
+            ms if ms < 0 => Some((v, None)),
+            ms => Some((v, Some(Duration::from_millis(ms as u64)))),
+        })
     }
 
     async fn put(&self, ids: &SessionIds, v: Verified, ttl: Duration) -> Result<(), StoreError> {
         let secs = ttl.as_secs().max(1);
-        let value = serde_json::to_string(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let value = super::encode_verified(v);
         // The sid index lives in another slot than the session: its own
         // step, first, so that a failure leaves at most an entry pointing
         // at nothing (which logout by sid then finds empty).
@@ -118,7 +138,7 @@ impl SessionStore for RedisSessionStore {
         p.atomic()
             .cmd("SET")
             .arg(self.session_key(&ids.subject, &ids.session))
-            .arg(value)
+            .arg(&value[..])
             .arg("EX")
             .arg(secs)
             .ignore()

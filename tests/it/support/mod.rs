@@ -111,6 +111,26 @@ fn base_config_without_redis(keycloak: &Keycloak) -> AppConfig {
     config
 }
 
+tokio::task_local! {
+    /// Settings that every stack started in the current test task gets on
+    /// top of its own (see [`with_settings`]).
+    static EXTRA_SETTINGS: Vec<(String, String, String)>;
+}
+
+/// Runs `test` with these `(section, key, TOML literal)` settings added to
+/// every stack it starts: how a whole scenario table runs again under
+/// another configuration (e.g. `cache.session_capacity = 0`).
+pub async fn with_settings<F: std::future::Future>(
+    settings: &[(&str, &str, &str)],
+    test: F,
+) -> F::Output {
+    let settings = settings
+        .iter()
+        .map(|(s, k, v)| (s.to_string(), k.to_string(), v.to_string()))
+        .collect();
+    EXTRA_SETTINGS.scope(settings, test).await
+}
+
 /// One isolated set of services for one test.
 pub struct Stack {
     pub proxy: Option<Proxy>,
@@ -146,6 +166,11 @@ impl Stack {
             Upstream::start()
         );
         let mut config = base_config_on(&keycloak, &redis);
+        let _ = EXTRA_SETTINGS.try_with(|extra| {
+            for (section, key, value) in extra {
+                config.set(section, key, value.clone());
+            }
+        });
         tweak(&mut config);
         let app = App::start(&config).await;
         let targets = Targets {
