@@ -42,19 +42,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub enum Target {
     /// One Redis server (`storage.redis_url`).
-    Fixed(ConnectionInfo),
+    Fixed(Box<ConnectionInfo>),
     /// Asked again before every (re)connect, e.g. Sentinel's current master.
     Dynamic(Arc<dyn Fn() -> BoxFuture<'static, Result<ConnectionInfo, String>> + Send + Sync>),
 }
 
 impl Target {
     pub fn fixed(info: ConnectionInfo) -> Self {
-        Target::Fixed(info)
+        Target::Fixed(Box::new(info))
     }
 
     async fn current(&self) -> Result<ConnectionInfo, String> {
         match self {
-            Target::Fixed(info) => Ok(info.clone()),
+            Target::Fixed(info) => Ok((**info).clone()),
             Target::Dynamic(f) => f().await,
         }
     }
