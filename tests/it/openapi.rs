@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::support::http;
 use crate::support::keycloak::now;
 use crate::support::smtp::python;
-use crate::support::{assert_problem, Stack};
+use crate::support::{assert_problem, Delivery, Stack};
 
 async fn spec(stack: &Stack) -> (http::Response, Value) {
     let r = http::get(stack.app.http_addr(), "/openapi.json")
@@ -153,9 +153,11 @@ async fn every_described_operation_is_served_and_a_wrong_method_is_a_problem() {
 /// match its schema fails the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing_on_the_user_routes() {
+    let delivery = Delivery::start().await;
     let stack = Stack::start_with(None, |c| {
         // Fast resends so that fuzzing meets more than `resend_too_soon`.
         c.set_str("security", "otp_resend_interval", "1s");
+        delivery.configure(c);
     })
     .await;
     let addr = stack.app.http_addr().to_string();

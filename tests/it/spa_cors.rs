@@ -6,16 +6,19 @@
 
 use crate::support::app::toml_strings;
 use crate::support::http::{self, Response};
-use crate::support::Stack;
+use crate::support::{Delivery, Stack};
 
 const SPA: &str = "https://spa.example.com";
 const OTHER: &str = "https://evil.example.net";
 
-async fn stack() -> Stack {
-    Stack::start_with(None, |c| {
+async fn stack() -> (Stack, Delivery) {
+    let delivery = Delivery::start().await;
+    let stack = Stack::start_with(None, |c| {
         c.set("server", "cors_allowed_origins", toml_strings(&[SPA]));
+        delivery.configure(c);
     })
-    .await
+    .await;
+    (stack, delivery)
 }
 
 fn preflight(addr: &str, path: &str, origin: &str, method: &str) -> http::Request {
@@ -72,7 +75,7 @@ fn assert_not_allowed(stack: &Stack, what: &str, r: &Response) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_answers_the_allowed_origin_only() {
-    let stack = stack().await;
+    let (stack, _delivery) = stack().await;
     let addr = stack.app.http_addr().to_string();
     for (path, method) in [
         ("/user", "GET"),
@@ -110,7 +113,7 @@ async fn preflight_answers_the_allowed_origin_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actual_requests_and_errors_are_readable_from_the_allowed_origin_only() {
-    let stack = stack().await;
+    let (stack, _delivery) = stack().await;
     let addr = stack.app.http_addr().to_string();
     let token = stack.keycloak.token().build();
 
@@ -182,7 +185,7 @@ async fn actual_requests_and_errors_are_readable_from_the_allowed_origin_only() 
 /// preflight, which would be a 200, an allow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_on_forward_auth_is_decided_not_preflighted() {
-    let stack = stack().await;
+    let (stack, _delivery) = stack().await;
     let addr = stack.app.http_addr().to_string();
     for origin in [None, Some(SPA)] {
         let requests = [

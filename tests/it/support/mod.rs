@@ -338,3 +338,29 @@ pub fn assert_reached_upstream(stack: &Stack, what: &str, response: &http::Respo
         )
     })
 }
+
+/// Real delivery for a stack whose test sends codes: the SMTP server of the
+/// tests and the Twilio stand-in (outside dev mode the `log` providers are
+/// refused, and the base configuration's providers point at closed ports).
+pub struct Delivery {
+    pub smtp: smtp::SmtpServer,
+    pub twilio: twilio::Twilio,
+}
+
+impl Delivery {
+    pub async fn start() -> Delivery {
+        let (smtp, twilio) = tokio::join!(smtp::SmtpServer::start(), twilio::Twilio::start());
+        Delivery { smtp, twilio }
+    }
+
+    pub fn configure(&self, c: &mut AppConfig) {
+        c.set_str("email", "provider", "smtp")
+            .set_str("email", "from", "2FA Test <no-reply@example.com>")
+            .set_str("email", "smtp_url", &self.smtp.url())
+            .set_str("sms", "provider", "twilio")
+            .set_str("sms", "twilio_account_sid", twilio::ACCOUNT_SID)
+            .set_str("sms", "twilio_auth_token", twilio::AUTH_TOKEN)
+            .set_str("sms", "twilio_from", twilio::FROM)
+            .set_str("sms", "twilio_api_url", &self.twilio.base_url());
+    }
+}
