@@ -14,6 +14,8 @@ pub struct CheckCounters {
     pub invalid_token: IntCounter,
     pub second_factor_required: IntCounter,
     pub unavailable: IntCounter,
+    /// Would have been refused, allowed by dry run.
+    pub dry_run: IntCounter,
     pub duration: Histogram,
 }
 
@@ -25,6 +27,7 @@ impl CheckCounters {
             Outcome::InvalidToken => &self.invalid_token,
             Outcome::SecondFactorRequired => &self.second_factor_required,
             Outcome::Unavailable => &self.unavailable,
+            Outcome::DryRun => &self.dry_run,
         };
         c.inc();
         self.duration.observe(seconds);
@@ -67,6 +70,7 @@ impl Metrics {
                 second_factor_required: checks
                     .get_metric_with_label_values(&[source, "second_factor_required"])?,
                 unavailable: checks.get_metric_with_label_values(&[source, "unavailable"])?,
+                dry_run: checks.get_metric_with_label_values(&[source, "dry_run"])?,
                 duration: check_duration.get_metric_with_label_values(&[source])?,
             })
         };
@@ -171,6 +175,7 @@ mod tests {
             (Outcome::InvalidToken, "invalid_token"),
             (Outcome::SecondFactorRequired, "second_factor_required"),
             (Outcome::Unavailable, "unavailable"),
+            (Outcome::DryRun, "dry_run"),
         ];
         let text = m.render();
         for source in ["grpc", "http"] {

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::store::{EphemeralStore, SessionStore, Verified};
 use crate::token::{Identity, TokenError, Validator};
 
-pub use policy::{Need, Policy, EXT_MAX_AGE, EXT_REQUIRE};
+pub use policy::{Need, Policy, EXT_MAX_AGE, EXT_MODE, EXT_REQUIRE};
 
 /// The parts of a request the decision reads, borrowed from the transport.
 pub struct CheckInput<'a> {
@@ -24,6 +24,7 @@ pub struct CheckInput<'a> {
     pub authorization: AuthHeader<'a>,
     pub ext_require: Option<&'a str>,
     pub ext_max_age: Option<&'a str>,
+    pub ext_mode: Option<&'a str>,
 }
 
 /// What the token looked like.
@@ -54,6 +55,15 @@ pub enum Decision {
         second_factor: Option<Verified>,
     },
     Deny(Error),
+    /// Dry run (a rule's `dry_run`, or `twofa.mode = "dry-run"`): the request
+    /// would have been refused with `would_deny` and is allowed instead.
+    /// Identity headers come only from a valid token, never from a refusal's
+    /// guesswork; the upstream learns the refusal from `…would-deny`.
+    DryRun {
+        would_deny: Error,
+        identity: Option<Arc<Identity>>,
+        second_factor: Option<Verified>,
+    },
 }
 
 /// The decision label of `twofa_checks_total`.
@@ -64,12 +74,14 @@ pub enum Outcome {
     InvalidToken,
     SecondFactorRequired,
     Unavailable,
+    DryRun,
 }
 
 impl Decision {
     pub fn outcome(&self) -> Outcome {
         match self {
             Decision::Allow { .. } => Outcome::Allow,
+            Decision::DryRun { .. } => Outcome::DryRun,
             Decision::Deny(Error::MissingToken) => Outcome::MissingToken,
             Decision::Deny(Error::InvalidToken(_)) => Outcome::InvalidToken,
             Decision::Deny(Error::SecondFactorRequired { .. }) => Outcome::SecondFactorRequired,
@@ -233,6 +245,7 @@ impl Authorizer {
             req.path,
             req.ext_require,
             req.ext_max_age,
+            req.ext_mode,
         ) {
             Ok(n) => n,
             Err(bad) => {
@@ -276,14 +289,37 @@ impl Authorizer {
             TokenState::Valid(id) => Some(id.clone()),
             _ => None,
         };
-        match (decide(need, token, session, now, &self.methods), identity) {
+        let decision = match (decide(need, token, session, now, &self.methods), &identity) {
             (Decision::Deny(Error::SecondFactorRequired { .. }), Some(id)) => {
                 Decision::Deny(Error::SecondFactorRequired {
-                    methods: self.methods_of(&id).await,
+                    methods: self.methods_of(id).await,
                     max_age: None,
                 })
             }
             (d, _) => d,
+        };
+        match decision {
+            Decision::Deny(would_deny) if need.dry_run => {
+                // Logged at info: dry run exists so that operators can see
+                // what enforcement would refuse before it refuses anything.
+                tracing::info!(
+                    target: "twofa::dry_run",
+                    status = would_deny.status().as_u16(),
+                    code = would_deny.code(),
+                    method = req.method,
+                    host = req.host,
+                    "dry run: this request would be refused; allowed"
+                );
+                Decision::DryRun {
+                    would_deny,
+                    second_factor: match session {
+                        SessionState::Verified(v) => Some(v),
+                        _ => None,
+                    },
+                    identity,
+                }
+            }
+            d => d,
         }
     }
 
@@ -339,6 +375,9 @@ pub struct IdentityHeaders {
     pub second_factor: String,
     pub second_factor_at: String,
     pub groups: String,
+    /// Set in dry run only: the status the request would have been refused
+    /// with (`401`, `403`, `503`).
+    pub would_deny: String,
 }
 
 impl IdentityHeaders {
@@ -351,6 +390,7 @@ impl IdentityHeaders {
             second_factor: format!("{p}second-factor"),
             second_factor_at: format!("{p}second-factor-at"),
             groups: format!("{p}groups"),
+            would_deny: format!("{p}would-deny"),
             prefix: p,
         }
     }
@@ -418,6 +458,7 @@ mod tests {
         Need {
             require: r,
             max_age: max_age.map(Duration::from_secs),
+            dry_run: false,
         }
     }
 
