@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::store::{EphemeralStore, SessionStore, Verified};
 use crate::token::{Identity, Reason, TokenError, Validator};
 
-pub use policy::{Need, Policy, EXT_MAX_AGE, EXT_REQUIRE};
+pub use policy::{Need, Policy, EXT_MAX_AGE, EXT_MODE, EXT_REQUIRE};
 
 /// The parts of a request the decision reads, borrowed from the transport.
 pub struct CheckInput<'a> {
@@ -24,6 +24,7 @@ pub struct CheckInput<'a> {
     pub authorization: AuthHeader<'a>,
     pub ext_require: Option<&'a str>,
     pub ext_max_age: Option<&'a str>,
+    pub ext_mode: Option<&'a str>,
 }
 
 /// What the token looked like.
@@ -55,6 +56,16 @@ pub enum Decision {
     },
     /// The reason is for metrics and logs only; the client sees `Error`.
     Deny(Error, Reason),
+    /// Dry run (a rule's `dry_run`, or `twofa.mode = "dry-run"`): the request
+    /// would have been refused with `would_deny` and is allowed instead.
+    /// Identity headers come only from a valid token, never from a refusal's
+    /// guesswork; the upstream learns the refusal from `…would-deny`.
+    DryRun {
+        would_deny: Error,
+        reason: Reason,
+        identity: Option<Arc<Identity>>,
+        second_factor: Option<Verified>,
+    },
 }
 
 /// The decision label of `twofa_checks_total`.
@@ -65,15 +76,17 @@ pub enum Verdict {
     InvalidToken,
     SecondFactorRequired,
     Unavailable,
+    DryRun,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 5] = [
+    pub const ALL: [Verdict; 6] = [
         Verdict::Allow,
         Verdict::MissingToken,
         Verdict::InvalidToken,
         Verdict::SecondFactorRequired,
         Verdict::Unavailable,
+        Verdict::DryRun,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -83,6 +96,7 @@ impl Verdict {
             Verdict::InvalidToken => "invalid_token",
             Verdict::SecondFactorRequired => "second_factor_required",
             Verdict::Unavailable => "unavailable",
+            Verdict::DryRun => "dry_run",
         }
     }
 
@@ -111,6 +125,27 @@ impl Verdict {
             // `malformed` here is an invalid per-route context extension:
             // the operator's configuration, not the client, is at fault.
             Verdict::Unavailable => &[R::StoreUnavailable, R::KeysUnavailable, R::Malformed],
+            // Whatever enforcement would have refused for.
+            Verdict::DryRun => &[
+                R::MissingToken,
+                R::Malformed,
+                R::MultipleCredentials,
+                R::BadAlgorithm,
+                R::UnknownKid,
+                R::BadSignature,
+                R::Expired,
+                R::NotYetValid,
+                R::IssuedInFuture,
+                R::WrongIssuer,
+                R::WrongAudience,
+                R::WrongClient,
+                R::WrongType,
+                R::NotVerified,
+                R::NoSid,
+                R::TooOld,
+                R::StoreUnavailable,
+                R::KeysUnavailable,
+            ],
         }
     }
 }
@@ -126,6 +161,7 @@ impl Decision {
     pub fn outcome(&self) -> Outcome {
         let (verdict, reason) = match self {
             Decision::Allow { .. } => (Verdict::Allow, Reason::None),
+            Decision::DryRun { reason, .. } => (Verdict::DryRun, *reason),
             Decision::Deny(Error::MissingToken, r) => (Verdict::MissingToken, *r),
             Decision::Deny(Error::InvalidToken(_), r) => (Verdict::InvalidToken, *r),
             Decision::Deny(Error::SecondFactorRequired { .. }, r) => {
@@ -305,6 +341,7 @@ impl Authorizer {
             req.path,
             req.ext_require,
             req.ext_max_age,
+            req.ext_mode,
         ) {
             Ok(n) => n,
             Err(bad) => {
@@ -363,6 +400,31 @@ impl Authorizer {
                 why,
             ),
             (d, _) => d,
+        };
+        let decision = match decision {
+            Decision::Deny(would_deny, reason) if need.dry_run => {
+                // Logged at info: dry run exists so that operators can see
+                // what enforcement would refuse before it refuses anything.
+                tracing::info!(
+                    target: "twofa::dry_run",
+                    status = would_deny.status().as_u16(),
+                    code = would_deny.code(),
+                    reason = reason.label(),
+                    method = req.method,
+                    host = req.host,
+                    "dry run: this request would be refused; allowed"
+                );
+                Decision::DryRun {
+                    would_deny,
+                    reason,
+                    second_factor: match session {
+                        SessionState::Verified(v) => Some(v),
+                        _ => None,
+                    },
+                    identity: identity.clone(),
+                }
+            }
+            d => d,
         };
         // `debug!` tests the level before it evaluates its fields: with the
         // default filter this line costs a relaxed atomic load, and the
@@ -433,6 +495,9 @@ pub struct IdentityHeaders {
     pub second_factor: String,
     pub second_factor_at: String,
     pub groups: String,
+    /// Set in dry run only: the status the request would have been refused
+    /// with (`401`, `403`, `503`).
+    pub would_deny: String,
 }
 
 impl IdentityHeaders {
@@ -445,6 +510,7 @@ impl IdentityHeaders {
             second_factor: format!("{p}second-factor"),
             second_factor_at: format!("{p}second-factor-at"),
             groups: format!("{p}groups"),
+            would_deny: format!("{p}would-deny"),
             prefix: p,
         }
     }
@@ -512,6 +578,7 @@ mod tests {
         Need {
             require: r,
             max_age: max_age.map(Duration::from_secs),
+            dry_run: false,
         }
     }
 

@@ -17,12 +17,17 @@ use crate::config::{parse_duration, PolicyConfig, Requirement};
 
 pub const EXT_REQUIRE: &str = "twofa.require";
 pub const EXT_MAX_AGE: &str = "twofa.max_age";
+/// `"dry-run"` or `"enforce"`: a per-route override of the rules' `dry_run`.
+pub const EXT_MODE: &str = "twofa.mode";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Need {
     pub require: Requirement,
     /// Step-up: the second factor must have been passed within this time.
     pub max_age: Option<Duration>,
+    /// Rollout mode: a refusal is turned into an allow that is marked and
+    /// counted (docs/dry-run.md).
+    pub dry_run: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -80,12 +85,16 @@ impl Policy {
                 need: Need {
                     require: r.require,
                     max_age: r.max_age.map(|d| d.get()),
+                    dry_run: r.dry_run,
                 },
             })
             .collect();
         let strictest = Need {
             require: Requirement::TwoFa,
             max_age: rules.iter().filter_map(|r| r.need.max_age).min(),
+            // An ambiguous path may be read upstream as any rule's path: it
+            // is let through in dry run only if every rule is in dry run.
+            dry_run: !rules.is_empty() && rules.iter().all(|r| r.need.dry_run),
         };
         let unplain_prefixes = rules.iter().any(|r| {
             r.prefix.as_deref().is_some_and(|p| {
@@ -115,7 +124,15 @@ impl Policy {
         raw_path: &str,
         ext_require: Option<&str>,
         ext_max_age: Option<&str>,
+        ext_mode: Option<&str>,
     ) -> Result<Need, BadExtension> {
+        let ext_dry_run = ext_mode
+            .map(|v| match v {
+                "dry-run" => Ok(true),
+                "enforce" => Ok(false),
+                _ => Err(BadExtension(EXT_MODE)),
+            })
+            .transpose()?;
         let ext_require = ext_require
             .map(|v| Requirement::parse(v).ok_or(BadExtension(EXT_REQUIRE)))
             .transpose()?;
@@ -132,6 +149,7 @@ impl Policy {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 },
+                dry_run: ext_dry_run.unwrap_or(self.strictest.dry_run),
             });
         };
         // A per-route setting replaces the rules' answer: skip them.
@@ -139,6 +157,7 @@ impl Policy {
             Need {
                 require: Requirement::TwoFa,
                 max_age: None,
+                dry_run: false,
             }
         } else {
             self.by_rules(method, strip_port(host), &path)
@@ -150,6 +169,7 @@ impl Policy {
             } else {
                 base.max_age
             }),
+            dry_run: ext_dry_run.unwrap_or(base.dry_run),
         };
         if ext_max_age.is_some() && ext_require.is_none() {
             // A route that asks for a recent second factor asks for one.
@@ -197,6 +217,7 @@ impl Policy {
         first.unwrap_or(Need {
             require: self.default,
             max_age: None,
+            dry_run: false,
         })
     }
 }
@@ -253,6 +274,7 @@ mod tests {
             host: None,
             require,
             max_age: None,
+            dry_run: false,
         }
     }
 
@@ -276,7 +298,7 @@ mod tests {
     }
 
     fn req(p: &Policy, m: &str, h: &str, path: &str) -> Requirement {
-        p.evaluate(m, h, path, None, None).unwrap().require
+        p.evaluate(m, h, path, None, None, None).unwrap().require
     }
 
     #[test]
@@ -290,7 +312,7 @@ mod tests {
         assert_eq!(req(&p, "POST", "a.com", "/api/admin/x"), Requirement::TwoFa);
         assert_eq!(req(&p, "get", "a.com", "/api/admin/x"), Requirement::Token);
         assert_eq!(
-            p.evaluate("POST", "a.com", "/api/admin", None, None)
+            p.evaluate("POST", "a.com", "/api/admin", None, None, None)
                 .unwrap()
                 .max_age,
             Some(Duration::from_secs(900))
@@ -343,32 +365,35 @@ mod tests {
     fn extensions_beat_rules() {
         let p = policy();
         let n = p
-            .evaluate("GET", "a", "/public", Some("2fa"), Some("15m"))
+            .evaluate("GET", "a", "/public", Some("2fa"), Some("15m"), None)
             .unwrap();
         assert_eq!(
             n,
             Need {
                 require: Requirement::TwoFa,
-                max_age: Some(Duration::from_secs(900))
+                max_age: Some(Duration::from_secs(900)),
+                dry_run: false,
             }
         );
         let n = p
-            .evaluate("GET", "a", "/secret", Some("none"), None)
+            .evaluate("GET", "a", "/secret", Some("none"), None, None)
             .unwrap();
         assert_eq!(n.require, Requirement::None);
-        let n = p.evaluate("GET", "a", "/api", None, Some("5m")).unwrap();
+        let n = p
+            .evaluate("GET", "a", "/api", None, Some("5m"), None)
+            .unwrap();
         assert_eq!(n.require, Requirement::TwoFa);
         assert_eq!(
-            p.evaluate("GET", "a", "/x", Some("maybe"), None),
+            p.evaluate("GET", "a", "/x", Some("maybe"), None, None),
             Err(BadExtension(EXT_REQUIRE))
         );
         assert_eq!(
-            p.evaluate("GET", "a", "/x", None, Some("soon")),
+            p.evaluate("GET", "a", "/x", None, Some("soon"), None),
             Err(BadExtension(EXT_MAX_AGE))
         );
         // An unreadable path stays strict even when the route says none.
         let n = p
-            .evaluate("GET", "a", "/public/%2F", Some("none"), None)
+            .evaluate("GET", "a", "/public/%2F", Some("none"), None, None)
             .unwrap();
         assert_eq!(n.require, Requirement::TwoFa);
     }
@@ -396,11 +421,12 @@ mod tests {
         Need {
             require: Requirement::TwoFa,
             max_age: Some(Duration::from_secs(900)),
+            dry_run: false,
         }
     }
 
     fn eval(p: &Policy, path: &str) -> Need {
-        p.evaluate("GET", "a.com", path, None, None).unwrap()
+        p.evaluate("GET", "a.com", path, None, None, None).unwrap()
     }
 
     #[test]
@@ -415,7 +441,8 @@ mod tests {
             none.strictest(),
             Need {
                 require: Requirement::TwoFa,
-                max_age: None
+                max_age: None,
+                dry_run: false,
             }
         );
     }
@@ -428,7 +455,8 @@ mod tests {
             eval(&p, "/api/admin/x"),
             Need {
                 require: Requirement::TwoFa,
-                max_age: Some(Duration::from_secs(1800))
+                max_age: Some(Duration::from_secs(1800)),
+                dry_run: false,
             }
         );
         assert_eq!(eval(&p, "/api/x").require, Requirement::Token);
@@ -482,7 +510,7 @@ mod tests {
         }
         // A route's own max_age counts when it is smaller.
         let n = p
-            .evaluate("GET", "a", "/public/..;/x", Some("none"), Some("5m"))
+            .evaluate("GET", "a", "/public/..;/x", Some("none"), Some("5m"), None)
             .unwrap();
         assert_eq!(n.max_age, Some(Duration::from_secs(300)));
         assert_eq!(n.require, Requirement::TwoFa);
@@ -492,11 +520,11 @@ mod tests {
     fn route_settings_stand_on_lenient_forms() {
         let p = admin_policy();
         let n = p
-            .evaluate("GET", "a", "/api/Admin", Some("token"), None)
+            .evaluate("GET", "a", "/api/Admin", Some("token"), None, None)
             .unwrap();
         assert_eq!(n.require, Requirement::Token);
         let n = p
-            .evaluate("GET", "a", "/api/Admin", None, Some("1h"))
+            .evaluate("GET", "a", "/api/Admin", None, Some("1h"), None)
             .unwrap();
         assert_eq!(n.max_age, Some(Duration::from_secs(3600)));
     }
@@ -521,8 +549,53 @@ mod tests {
         let p = policy();
         assert_eq!(req(&p, "GET", "a.com", "/api/Admin/x"), Requirement::Token);
         let n = p
-            .evaluate("POST", "a.com", "/api/Admin/x", None, None)
+            .evaluate("POST", "a.com", "/api/Admin/x", None, None, None)
             .unwrap();
         assert_eq!(n.max_age, Some(Duration::from_secs(900)));
+    }
+
+    #[test]
+    fn dry_run_from_the_rule_or_the_route() {
+        let mut trial = rule("/api", Requirement::TwoFa);
+        trial.dry_run = true;
+        let p = Policy::new(&PolicyConfig {
+            default: Requirement::TwoFa,
+            rules: vec![trial, rule("/admin", Requirement::TwoFa)],
+            identity_header_prefix: "x-auth-request-".into(),
+        });
+        let ev = |path: &str, mode: Option<&str>| p.evaluate("GET", "a", path, None, None, mode);
+        assert!(ev("/api/x", None).unwrap().dry_run);
+        assert!(!ev("/admin/x", None).unwrap().dry_run);
+        // The default (no rule matched) is enforced.
+        assert!(!ev("/other", None).unwrap().dry_run);
+        // The route's mode beats the rule either way.
+        assert!(!ev("/api/x", Some("enforce")).unwrap().dry_run);
+        assert!(ev("/admin/x", Some("dry-run")).unwrap().dry_run);
+        assert_eq!(ev("/api/x", Some("dry_run")), Err(BadExtension(EXT_MODE)));
+        assert_eq!(ev("/api/x", Some("")), Err(BadExtension(EXT_MODE)));
+        // An ambiguous form of a dry-run rule's prefix is enforced while any
+        // rule enforces: upstreams may read it as that rule's path.
+        let n = ev("/API/x", None).unwrap();
+        assert_eq!(n.require, Requirement::TwoFa);
+        assert!(!n.dry_run);
+        assert!(!ev("/a/../../x", None).unwrap().dry_run);
+    }
+
+    #[test]
+    fn ambiguous_paths_are_dry_run_only_when_every_rule_is() {
+        let mut a = rule("/api", Requirement::Token);
+        a.dry_run = true;
+        let mut b = rule("/admin", Requirement::TwoFa);
+        b.dry_run = true;
+        let p = Policy::new(&PolicyConfig {
+            default: Requirement::TwoFa,
+            rules: vec![a, b],
+            identity_header_prefix: "x-auth-request-".into(),
+        });
+        let n = p
+            .evaluate("GET", "a", "/Admin/x", None, None, None)
+            .unwrap();
+        assert_eq!(n.require, Requirement::TwoFa);
+        assert!(n.dry_run);
     }
 }

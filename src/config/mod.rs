@@ -369,6 +369,11 @@ pub struct RuleConfig {
     pub require: Requirement,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Dur>,
+    /// Rollout mode: a request this rule would refuse is allowed, marked for
+    /// the upstream and counted (`decision="dry_run"`). Lets everything
+    /// through: see docs/dry-run.md.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -391,6 +396,7 @@ impl Default for PolicyConfig {
                 host: None,
                 require: Requirement::Token,
                 max_age: None,
+                dry_run: false,
             }],
             identity_header_prefix: "x-auth-request-".into(),
         }

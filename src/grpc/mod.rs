@@ -8,7 +8,7 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::app::AppState;
-use crate::authz::{AuthHeader, CheckInput, Decision, EXT_MAX_AGE, EXT_REQUIRE};
+use crate::authz::{AuthHeader, CheckInput, Decision, EXT_MAX_AGE, EXT_MODE, EXT_REQUIRE};
 use crate::error::PROBLEM_JSON;
 
 /// Generated from proto/; module nesting mirrors the proto packages because
@@ -103,6 +103,7 @@ impl Authorization for AuthzService {
                 .context_extensions
                 .get(EXT_MAX_AGE)
                 .map(String::as_str),
+            ext_mode: attrs.context_extensions.get(EXT_MODE).map(String::as_str),
         };
         let decision = self.state.authz.check(&input).await;
         let resp = self.render(&decision, headers.keys().map(String::as_str));
@@ -154,66 +155,76 @@ impl AuthzService {
         client_headers: impl Iterator<Item = &'a str>,
     ) -> CheckResponse {
         let names = &self.state.authz.headers;
-        match decision {
+        let (identity, second_factor, would_deny) = match decision {
             Decision::Allow {
                 identity,
                 second_factor,
-            } => {
-                let set: Vec<HeaderValueOption> = match identity {
-                    Some(id) => names
-                        .values(id, *second_factor)
-                        .map(|(k, v)| header(k, &v))
-                        .collect(),
-                    None => Vec::new(),
-                };
-                // Envoy applies headers_to_remove after headers: removing a
-                // name we also set would drop our value. Only client-sent
-                // identity headers that we do not set are listed.
-                let headers_to_remove = client_headers
-                    .filter(|h| names.has_prefix(h))
-                    .filter(|h| {
-                        !set.iter().any(|o| {
-                            o.header
-                                .as_ref()
-                                .is_some_and(|s| s.key.eq_ignore_ascii_case(h))
-                        })
-                    })
-                    .map(str::to_string)
-                    .collect();
-                CheckResponse {
-                    status: Some(RpcStatus {
-                        code: 0,
-                        ..Default::default()
-                    }),
-                    http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                        headers: set,
-                        headers_to_remove,
-                    })),
-                }
-            }
-            Decision::Deny(err, _) => {
-                let mut headers = vec![header("content-type", PROBLEM_JSON)];
-                if let Some(w) = self.state.authz.www_authenticate(err) {
-                    headers.push(header("www-authenticate", w));
-                }
-                if let Some(r) = err.retry_after() {
-                    headers.push(header("retry-after", &r.as_secs().max(1).to_string()));
-                }
-                CheckResponse {
-                    status: Some(RpcStatus {
-                        code: err.grpc_code(),
-                        message: err.code().to_string(),
-                        details: vec![],
-                    }),
-                    http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                        status: Some(HttpStatus {
-                            code: i32::from(err.status().as_u16()),
-                        }),
-                        headers,
-                        body: err.problem().to_string(),
-                    })),
-                }
-            }
+            } => (identity, second_factor, None),
+            Decision::DryRun {
+                would_deny,
+                identity,
+                second_factor,
+                ..
+            } => (identity, second_factor, Some(would_deny)),
+            Decision::Deny(err, _) => return self.denied(err),
+        };
+        let mut set: Vec<HeaderValueOption> = match identity {
+            Some(id) => names
+                .values(id, *second_factor)
+                .map(|(k, v)| header(k, &v))
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Some(err) = would_deny {
+            set.push(header(&names.would_deny, err.status().as_str()));
+        }
+        // Envoy applies headers_to_remove after headers: removing a
+        // name we also set would drop our value. Only client-sent
+        // identity headers that we do not set are listed.
+        let headers_to_remove = client_headers
+            .filter(|h| names.has_prefix(h))
+            .filter(|h| {
+                !set.iter().any(|o| {
+                    o.header
+                        .as_ref()
+                        .is_some_and(|s| s.key.eq_ignore_ascii_case(h))
+                })
+            })
+            .map(str::to_string)
+            .collect();
+        CheckResponse {
+            status: Some(RpcStatus {
+                code: 0,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: set,
+                headers_to_remove,
+            })),
+        }
+    }
+
+    fn denied(&self, err: &crate::error::Error) -> CheckResponse {
+        let mut headers = vec![header("content-type", PROBLEM_JSON)];
+        if let Some(w) = self.state.authz.www_authenticate(err) {
+            headers.push(header("www-authenticate", w));
+        }
+        if let Some(r) = err.retry_after() {
+            headers.push(header("retry-after", &r.as_secs().max(1).to_string()));
+        }
+        CheckResponse {
+            status: Some(RpcStatus {
+                code: err.grpc_code(),
+                message: err.code().to_string(),
+                details: vec![],
+            }),
+            http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                status: Some(HttpStatus {
+                    code: i32::from(err.status().as_u16()),
+                }),
+                headers,
+                body: err.problem().to_string(),
+            })),
         }
     }
 }

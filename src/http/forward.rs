@@ -162,6 +162,9 @@ async fn check(
         authorization: authorization(h),
         ext_require: None,
         ext_max_age: None,
+        // Per-route modes are Envoy's context_extensions, which forward auth
+        // has no trusted carrier for: rules' `dry_run` applies here.
+        ext_mode: None,
     };
     let decision = state.authz.check(&input).await;
     let resp = render(state, &decision, h, envoy);
@@ -209,36 +212,46 @@ fn required_uri<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, Error> {
 
 fn render(state: &AppState, decision: &Decision, req_headers: &HeaderMap, envoy: bool) -> Response {
     let names = &state.authz.headers;
-    match decision {
+    let (identity, second_factor, would_deny) = match decision {
         Decision::Allow {
             identity,
             second_factor,
-        } => {
-            let mut out = HeaderMap::new();
-            if let Some(id) = identity {
-                for (k, v) in names.values(id, *second_factor) {
-                    if let (Ok(k), Ok(v)) = (
-                        HeaderName::try_from(k),
-                        HeaderValue::from_bytes(v.as_bytes()),
-                    ) {
-                        out.insert(k, v);
-                    }
-                }
-            }
-            if envoy {
-                let stale: Vec<&str> = req_headers
-                    .keys()
-                    .map(HeaderName::as_str)
-                    .filter(|k| names.has_prefix(k) && !out.contains_key(*k))
-                    .collect();
-                if !stale.is_empty() {
-                    if let Ok(v) = HeaderValue::from_str(&stale.join(",")) {
-                        out.insert(ENVOY_REMOVE, v);
-                    }
-                }
-            }
-            (StatusCode::OK, out).into_response()
+        } => (identity, second_factor, None),
+        Decision::DryRun {
+            would_deny,
+            identity,
+            second_factor,
+            ..
+        } => (identity, second_factor, Some(would_deny)),
+        Decision::Deny(err, _) => {
+            return super::problem::response(err, state.authz.www_authenticate(err))
         }
-        Decision::Deny(err, _) => super::problem::response(err, state.authz.www_authenticate(err)),
+    };
+    let mut out = HeaderMap::new();
+    if let Some(id) = identity {
+        for (k, v) in names.values(id, *second_factor) {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::try_from(k),
+                HeaderValue::from_bytes(v.as_bytes()),
+            ) {
+                out.insert(k, v);
+            }
+        }
     }
+    if let (Some(err), Ok(k)) = (would_deny, HeaderName::try_from(names.would_deny.as_str())) {
+        out.insert(k, HeaderValue::from(err.status().as_u16()));
+    }
+    if envoy {
+        let stale: Vec<&str> = req_headers
+            .keys()
+            .map(HeaderName::as_str)
+            .filter(|k| names.has_prefix(k) && !out.contains_key(*k))
+            .collect();
+        if !stale.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&stale.join(",")) {
+                out.insert(ENVOY_REMOVE, v);
+            }
+        }
+    }
+    (StatusCode::OK, out).into_response()
 }

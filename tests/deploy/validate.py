@@ -1914,6 +1914,8 @@ def check_docs(secret_keys: set) -> None:
 IDENTITY_HEADERS = [
     "X-Auth-Request-User", "X-Auth-Request-Subject", "X-Auth-Request-Email",
     "X-Auth-Request-Groups", "X-Auth-Request-Second-Factor", "X-Auth-Request-Second-Factor-At",
+    # Set in dry run only (docs/dry-run.md).
+    "X-Auth-Request-Would-Deny",
 ]
 
 
