@@ -9,7 +9,7 @@ use crate::support::keycloak::{now, KeyPair};
 use crate::support::{Proxy, Stack};
 
 /// The value of one `twofa_checks_total` series, 0 when absent.
-async fn count(stack: &Stack, source: &str, decision: &str, reason: &str) -> f64 {
+pub async fn count(stack: &Stack, source: &str, decision: &str, reason: &str) -> f64 {
     let text = crate::support::http::get(stack.app.http_addr(), "/metrics")
         .send()
         .await
