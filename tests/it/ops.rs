@@ -225,3 +225,46 @@ async fn metrics_addr_moves_metrics_to_a_listener_of_their_own() {
         200
     );
 }
+
+/// HTTP request metrics are labelled by route template and a bounded method
+/// name: a raw path or an invented method never becomes a label value (which
+/// would let a client grow the registry without bound).
+#[tokio::test]
+async fn http_request_metrics_use_route_templates_and_bounded_methods() {
+    let stack = Stack::start(None).await;
+    let addr = stack.app.http_addr();
+    for path in [
+        "/authz/ext-authz/secret-path-a",
+        "/authz/ext-authz/secret-path-b",
+    ] {
+        http::get(addr, path).send().await;
+    }
+    http::request("BREW", addr, "/healthz").send().await;
+    http::get(addr, "/no-such-route-xyz").send().await;
+    let m = http::get(addr, "/metrics").send().await.text();
+    let lines: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("twofa_http_requests_total{"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("route=\"/authz/ext-authz/{*path}\"")
+                && l.contains("method=\"GET\"")),
+        "{m}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("method=\"other\"") && l.contains("route=\"/healthz\"")),
+        "{m}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("route=\"unmatched\"")),
+        "{m}"
+    );
+    assert!(
+        !m.contains("secret-path") && !m.contains("BREW") && !m.contains("no-such-route"),
+        "{m}"
+    );
+}
