@@ -15,6 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // bytes fields as `bytes::Bytes`: tonic decodes from one buffer, and
+        // prost's `copy_to_bytes` on it shares that buffer instead of copying
+        // each header into its own Vec (proto/.../attribute_context.proto).
+        .bytes(".")
         .compile_protos(
             &[std::path::PathBuf::from(
                 "proto/envoy/service/auth/v3/external_auth.proto",

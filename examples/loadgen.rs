@@ -38,7 +38,9 @@ use rsa::pkcs8::DecodePrivateKey;
 use rsa::traits::PublicKeyParts;
 use serde_json::json;
 use tokio_stream::wrappers::TcpListenerStream;
-use twofa_authz::grpc::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use twofa_authz::grpc::pb::envoy::service::auth::v3::attribute_context::{
+    HeaderEntry, HttpRequest, Request,
+};
 use twofa_authz::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use twofa_authz::grpc::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
@@ -481,9 +483,10 @@ struct RunResult {
 }
 
 fn check_request(token: &str, path: &str, n: usize) -> CheckRequest {
-    let mut headers = std::collections::HashMap::new();
-    headers.insert("authorization".to_string(), token.to_string());
-    headers.insert("x-request-id".to_string(), format!("bench-{n}"));
+    let headers = vec![
+        HeaderEntry::new("authorization", token),
+        HeaderEntry::new("x-request-id", &format!("bench-{n}")),
+    ];
     CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(Request {

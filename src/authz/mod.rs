@@ -516,8 +516,11 @@ impl IdentityHeaders {
     }
 
     pub fn has_prefix(&self, name: &str) -> bool {
-        name.len() >= self.prefix.len()
-            && name[..self.prefix.len()].eq_ignore_ascii_case(&self.prefix)
+        // On bytes: slicing the str could cut a multi-byte character of a
+        // client-chosen name and panic.
+        name.as_bytes()
+            .get(..self.prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(self.prefix.as_bytes()))
     }
 
     /// The headers an allowed request carries upstream. Values a proxy would

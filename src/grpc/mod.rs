@@ -1,7 +1,6 @@
 //! Envoy's external authorization over gRPC: `envoy.service.auth.v3.Authorization/Check`
 //! and the standard `grpc.health.v1.Health` service.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,6 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::app::AppState;
 use crate::authz::{AuthHeader, CheckInput, Decision, EXT_MAX_AGE, EXT_MODE, EXT_REQUIRE};
 use crate::error::PROBLEM_JSON;
+use crate::token::Reason;
 
 /// Generated from proto/; module nesting mirrors the proto packages because
 /// the generated code refers across packages with relative paths.
@@ -45,6 +45,7 @@ pub mod pb {
 
 use pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use pb::envoy::r#type::v3::HttpStatus;
+use pb::envoy::service::auth::v3::attribute_context::{HeaderEntry, HttpRequest};
 use pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use pb::envoy::service::auth::v3::check_response::HttpResponse;
 use pb::envoy::service::auth::v3::{
@@ -77,24 +78,12 @@ impl Authorization for AuthzService {
         let req = request.into_inner();
         let attrs = req.attributes.unwrap_or_default();
         let http = attrs.request.and_then(|r| r.http).unwrap_or_default();
-        // With `encode_raw_headers` Envoy sends header_map instead of headers.
-        let raw_headers: HashMap<String, String>;
-        let headers = if http.headers.is_empty() {
-            raw_headers = raw_header_map(&http);
-            &raw_headers
-        } else {
-            &http.headers
-        };
+        let headers = Headers::of(&http);
         let input = CheckInput {
             method: &http.method,
             host: &http.host,
             path: &http.path,
-            // Envoy joins repeated headers with `,` (and so does
-            // raw_header_map): bearer() refuses any comma as a second
-            // credential.
-            authorization: AuthHeader::from_option(
-                headers.get("authorization").map(String::as_str),
-            ),
+            authorization: headers.authorization(),
             ext_require: attrs
                 .context_extensions
                 .get(EXT_REQUIRE)
@@ -106,7 +95,7 @@ impl Authorization for AuthzService {
             ext_mode: attrs.context_extensions.get(EXT_MODE).map(String::as_str),
         };
         let decision = self.state.authz.check(&input).await;
-        let resp = self.render(&decision, headers.keys().map(String::as_str));
+        let resp = self.render(&decision, headers.names());
         self.state
             .metrics
             .grpc_checks
@@ -115,24 +104,84 @@ impl Authorization for AuthzService {
     }
 }
 
-fn raw_header_map(
-    http: &pb::envoy::service::auth::v3::attribute_context::HttpRequest,
-) -> HashMap<String, String> {
-    let mut m: HashMap<String, String> = HashMap::new();
-    for h in http.header_map.iter().flat_map(|hm| hm.headers.iter()) {
-        let v = if h.raw_value.is_empty() {
-            h.value.clone()
-        } else {
-            String::from_utf8_lossy(&h.raw_value).into_owned()
-        };
-        m.entry(h.key.to_ascii_lowercase())
-            .and_modify(|e| {
-                e.push(',');
-                e.push_str(&v);
-            })
-            .or_insert(v);
+impl HeaderEntry {
+    /// One entry of `HttpRequest.headers`, for callers that build Checks
+    /// (tests, the load generator).
+    pub fn new(key: &str, value: &str) -> Self {
+        HeaderEntry {
+            key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+            value: bytes::Bytes::copy_from_slice(value.as_bytes()),
+        }
     }
-    m
+}
+
+/// The request's headers as Envoy sent them, read in place: `headers` (the
+/// map form, see the proto) or, when the filter sets `encode_raw_headers`,
+/// `header_map`. A handful of entries: a scan is cheaper than building a map.
+pub enum Headers<'a> {
+    Map(&'a [HeaderEntry]),
+    Raw(&'a [HeaderValue]),
+}
+
+impl<'a> Headers<'a> {
+    pub fn of(http: &'a HttpRequest) -> Self {
+        match &http.header_map {
+            Some(m) if http.headers.is_empty() => Headers::Raw(&m.headers),
+            _ => Headers::Map(&http.headers),
+        }
+    }
+
+    /// (name, value) pairs. Raw headers carry the value in `raw_value`, or
+    /// in `value` from Envoy versions before that field.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let (map, raw) = match *self {
+            Headers::Map(m) => (m, &[][..]),
+            Headers::Raw(r) => (&[][..], r),
+        };
+        map.iter()
+            .map(|e| (&e.key[..], &e.value[..]))
+            .chain(raw.iter().map(|h| {
+                let v = if h.raw_value.is_empty() {
+                    h.value.as_bytes()
+                } else {
+                    &h.raw_value[..]
+                };
+                (h.key.as_bytes(), v)
+            }))
+    }
+
+    /// The value of the one header `name` (ASCII, lower case), if sent once as
+    /// text. Sent twice (a caller other than Envoy, which joins them) or not
+    /// text: `Err`.
+    pub fn get(&self, name: &str) -> Result<Option<&'a str>, Reason> {
+        let mut found = None;
+        for (k, v) in self.iter() {
+            if k.eq_ignore_ascii_case(name.as_bytes()) {
+                if found.is_some() {
+                    return Err(Reason::MultipleCredentials);
+                }
+                found = Some(v);
+            }
+        }
+        found
+            .map(|v| std::str::from_utf8(v).map_err(|_| Reason::Malformed))
+            .transpose()
+    }
+
+    /// Envoy joins repeated headers with `,` and bearer() refuses any comma
+    /// as a second credential; two entries are two credentials as well.
+    pub fn authorization(&self) -> AuthHeader<'a> {
+        match self.get("authorization") {
+            Ok(v) => AuthHeader::from_option(v),
+            Err(why) => AuthHeader::Invalid(why),
+        }
+    }
+
+    /// The names, for headers_to_remove. A name that is not text cannot be
+    /// one of ours (they are ASCII), so it is skipped.
+    pub fn names(&self) -> impl Iterator<Item = &'a str> + 'a {
+        self.iter().filter_map(|(k, _)| std::str::from_utf8(k).ok())
+    }
 }
 
 fn header(key: &str, value: &str) -> HeaderValueOption {
@@ -140,7 +189,7 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
         header: Some(HeaderValue {
             key: key.to_string(),
             value: value.to_string(),
-            raw_value: Vec::new(),
+            raw_value: bytes::Bytes::new(),
         }),
         // Replace, never append to, any value the client sent.
         append: Some(false),

@@ -137,7 +137,7 @@ mod grpc_direct {
 
     use twofa_authz::grpc::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
     use twofa_authz::grpc::pb::envoy::service::auth::v3::attribute_context::{
-        HttpRequest, Request,
+        HeaderEntry, HttpRequest, Request,
     };
     use twofa_authz::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
     use twofa_authz::grpc::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
@@ -162,22 +162,24 @@ mod grpc_direct {
                     .map(|(k, v)| HeaderValue {
                         key: k.to_string(),
                         value: String::new(),
-                        raw_value: v.as_bytes().to_vec(),
+                        raw_value: bytes::Bytes::copy_from_slice(v.as_bytes()),
                     })
                     .collect(),
             });
         } else {
             // As Envoy builds it: lower-case names, repeats joined with `,`.
-            let mut map: HashMap<String, String> = HashMap::new();
+            let mut map: Vec<(String, String)> = Vec::new();
             for (k, v) in headers {
-                map.entry(k.to_ascii_lowercase())
-                    .and_modify(|e| {
+                let k = k.to_ascii_lowercase();
+                match map.iter_mut().find(|(n, _)| *n == k) {
+                    Some((_, e)) => {
                         e.push(',');
                         e.push_str(v);
-                    })
-                    .or_insert_with(|| v.to_string());
+                    }
+                    None => map.push((k, v.to_string())),
+                }
             }
-            http.headers = map;
+            http.headers = map.iter().map(|(k, v)| HeaderEntry::new(k, v)).collect();
         }
         CheckRequest {
             attributes: Some(AttributeContext {
@@ -241,6 +243,59 @@ mod grpc_direct {
                 );
             }
         }
+    }
+
+    /// A caller other than Envoy can put the same name twice in the
+    /// `headers` entries (Envoy joins repeats into one). Proto3 map semantics
+    /// would keep the last one; the gate sees both and refuses them as two
+    /// credentials. A value that is not text is no credential, and a header
+    /// name that cuts a multi-byte character where the identity prefix ends
+    /// is answered, not a panic.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repeated_and_binary_header_entries_from_a_forged_caller() {
+        let stack = Stack::start(None).await;
+        let mut client = client(&stack).await;
+        let token = stack.keycloak.token().build();
+        let bearer = format!("Bearer {}", token.jwt);
+        let with = |entries: Vec<HeaderEntry>| {
+            let mut req = check("/api/x", &[], false);
+            if let Some(http) = req
+                .attributes
+                .as_mut()
+                .and_then(|a| a.request.as_mut())
+                .and_then(|r| r.http.as_mut())
+            {
+                http.headers = entries;
+            }
+            req
+        };
+        let control = with(vec![HeaderEntry::new("authorization", &bearer)]);
+        assert_eq!(status(&mut client, control).await.0, 0, "control");
+        let twice = with(vec![
+            HeaderEntry::new("authorization", "Bearer forged.by.client"),
+            HeaderEntry::new("authorization", &bearer),
+        ]);
+        assert_eq!(
+            status(&mut client, twice).await,
+            (UNAUTHENTICATED, "invalid_token".to_string()),
+            "a second entry must not win"
+        );
+        let mut binary = HeaderEntry::new("authorization", &bearer);
+        binary.value =
+            bytes::Bytes::from([b"Bearer \xff".as_slice(), token.jwt.as_bytes()].concat());
+        assert_eq!(
+            status(&mut client, with(vec![binary])).await,
+            (UNAUTHENTICATED, "invalid_token".to_string())
+        );
+        // The prefix "x-auth-request-" is 15 bytes; a two-byte character at
+        // bytes 14..16 straddles its end.
+        let cut = HeaderEntry::new("x-auth-request\u{e9}-user", "admin");
+        let response = client
+            .check(with(vec![HeaderEntry::new("authorization", &bearer), cut]))
+            .await
+            .expect("answered")
+            .into_inner();
+        assert_eq!(response.status.map(|s| s.code), Some(0));
     }
 
     /// The gRPC form of the path finding: `/admin;x/users` misses the

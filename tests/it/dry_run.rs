@@ -157,7 +157,7 @@ async fn through_caddy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_route_mode_beats_the_rule() {
     use twofa_authz::grpc::pb::envoy::service::auth::v3::attribute_context::{
-        HttpRequest, Request,
+        HeaderEntry, HttpRequest, Request,
     };
     use twofa_authz::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
     use twofa_authz::grpc::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -179,10 +179,10 @@ async fn the_route_mode_beats_the_rule() {
                     method: "GET".into(),
                     path: path.into(),
                     host: "app.example.com".into(),
-                    headers: HashMap::from([(
-                        "authorization".to_owned(),
-                        format!("Bearer {}", token.jwt),
-                    )]),
+                    headers: vec![HeaderEntry::new(
+                        "authorization",
+                        &format!("Bearer {}", token.jwt),
+                    )],
                     ..Default::default()
                 }),
             }),

@@ -383,7 +383,7 @@ async fn no_keys_is_keys_unavailable() {
 async fn a_bad_route_setting_is_unavailable_malformed() {
     use std::collections::HashMap;
     use twofa_authz::grpc::pb::envoy::service::auth::v3::attribute_context::{
-        HttpRequest, Request,
+        HeaderEntry, HttpRequest, Request,
     };
     use twofa_authz::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
     use twofa_authz::grpc::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
@@ -404,10 +404,10 @@ async fn a_bad_route_setting_is_unavailable_malformed() {
                     method: "GET".into(),
                     path: "/api/x".into(),
                     host: "app.example.com".into(),
-                    headers: HashMap::from([(
-                        "authorization".to_owned(),
-                        format!("Bearer {}", token.jwt),
-                    )]),
+                    headers: vec![HeaderEntry::new(
+                        "authorization",
+                        &format!("Bearer {}", token.jwt),
+                    )],
                     ..Default::default()
                 }),
             }),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use twofa_authz::grpc::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Request as AttrRequest,
+    HeaderEntry, HttpRequest, Request as AttrRequest,
 };
 use twofa_authz::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use twofa_authz::grpc::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
@@ -53,12 +53,10 @@ fn user_request(
 
 /// A Check as Envoy sends it, for a 2fa route.
 fn check_request(token: &Token) -> CheckRequest {
-    let headers: HashMap<String, String> = [
-        ("authorization".to_owned(), format!("Bearer {}", token.jwt)),
-        (":authority".to_owned(), "app.example.com".to_owned()),
-    ]
-    .into_iter()
-    .collect();
+    let headers = vec![
+        HeaderEntry::new("authorization", &format!("Bearer {}", token.jwt)),
+        HeaderEntry::new(":authority", "app.example.com"),
+    ];
     CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(AttrRequest {
