@@ -1,7 +1,8 @@
 //! OIDC Back-Channel Logout 1.0 (https://openid.net/specs/openid-connect-backchannel-1_0.html):
 //! Keycloak posts a signed logout token when a session ends; the session's
 //! second-factor state is deleted at once, everywhere (it lives in the shared
-//! session store).
+//! session store). A logout by `sub` alone (every session of the user) also
+//! revokes the user's remembered devices.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,11 +164,19 @@ async fn handle(state: &AppState, body: &[u8]) -> Result<(), Error> {
                 .await
         }
         (None, Some(sid)) => state.sessions.remove_sid(&sid_hash(&claims.iss, sid)).await,
-        (Some(sub), None) => state
-            .sessions
-            .remove_subject(&subject_hash(&claims.iss, sub))
-            .await
-            .map(|n| n > 0),
+        (Some(sub), None) => {
+            // The user logged out everywhere: remembered devices go too, or
+            // the next session on any of them would be verified at once.
+            if let Err(e) = state.factors.forget_all_devices(sub).await {
+                let _ = state.ephemeral.delete(&jti_key).await;
+                return Err(e);
+            }
+            state
+                .sessions
+                .remove_subject(&subject_hash(&claims.iss, sub))
+                .await
+                .map(|n| n > 0)
+        }
         (None, None) => Ok(false),
     };
     match removed {
