@@ -350,7 +350,7 @@ async fn two_uses_of_one_token_at_once_verify_exactly_one_session() {
     .await;
     let alice = verified_alice(&u).await;
     let (_, t1, _) = remember(&u, &alice, None).await;
-    const N: usize = 8;
+    const N: usize = 16;
     let sessions: Vec<Token> = (0..N).map(|_| u.other_session(&alice)).collect();
     let reqs = sessions
         .iter()
