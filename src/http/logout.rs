@@ -164,27 +164,31 @@ async fn handle(state: &AppState, body: &[u8]) -> Result<(), Error> {
                 .await
         }
         (None, Some(sid)) => state.sessions.remove_sid(&sid_hash(&claims.iss, sid)).await,
-        (Some(sub), None) => {
-            // The user logged out everywhere: remembered devices go too, or
-            // the next session on any of them would be verified at once.
-            if let Err(e) = state.factors.forget_all_devices(sub).await {
+        (Some(sub), None) => state
+            .sessions
+            .remove_subject(&subject_hash(&claims.iss, sub))
+            .await
+            .map(|n| n > 0),
+        (None, None) => Ok(false),
+    };
+    if let Err(e) = removed {
+        // Let Keycloak (or an operator) retry the same token.
+        let _ = state.ephemeral.delete(&jti_key).await;
+        return Err(Error::StorageUnavailable(e.to_string()));
+    }
+    // Logged out everywhere: remembered devices go too, or the next session
+    // on any of them would be verified at once. After the sessions, so that
+    // a database outage never keeps a session verified.
+    if let (Some(sub), None) = (&sub, &sid) {
+        if let Err(e) = state.factors.forget_all_devices(sub).await {
+            if state.cfg.security.remember_device_ttl.as_secs() == 0 {
+                // Off: the devices verify nothing; the logout stands.
+                tracing::warn!(error = %e, "could not revoke the remembered devices of a user logged out everywhere");
+            } else {
                 let _ = state.ephemeral.delete(&jti_key).await;
                 return Err(e);
             }
-            state
-                .sessions
-                .remove_subject(&subject_hash(&claims.iss, sub))
-                .await
-                .map(|n| n > 0)
-        }
-        (None, None) => Ok(false),
-    };
-    match removed {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            // Let Keycloak (or an operator) retry the same token.
-            let _ = state.ephemeral.delete(&jti_key).await;
-            Err(Error::StorageUnavailable(e.to_string()))
         }
     }
+    Ok(())
 }

@@ -473,3 +473,40 @@ async fn remembering_needs_a_real_factor_and_the_feature_on() {
         );
     }
 }
+
+/// Through a real Envoy (gRPC Check): a device-verified session reaches the
+/// application on a `2fa` route with `x-auth-request-second-factor: device`,
+/// but not a route whose `twofa.max_age` context extension asks for a
+/// step-up (`/admin` in envoy/envoy.yaml), while a real factor passes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_envoy_device_passes_2fa_but_never_the_per_route_max_age() {
+    let opts = crate::user_common::Options {
+        proxy: Some(crate::support::Proxy::Envoy),
+        ..Default::default()
+    };
+    let u = UserStack::start_with(opts, |c| {
+        c.set_str("security", "remember_device_ttl", "30d");
+    })
+    .await;
+    let alice = verified_alice(&u).await;
+    let through = |t: &Token, path: &str| u.stack.get(path).bearer(&t.jwt).send();
+    let r = through(&alice, "/admin/reports").await;
+    crate::support::assert_reached_upstream(&u.stack, "step-up with email", &r);
+    let (_, t1, _) = remember(&u, &alice, None).await;
+
+    let s = u.other_session(&alice);
+    use_device(&u, &s, &t1).await;
+    let r = through(&s, "/secure").await;
+    let echoed = crate::support::assert_reached_upstream(&u.stack, "2fa with device", &r);
+    assert_eq!(
+        echoed.header("x-auth-request-second-factor").as_deref(),
+        Some("device")
+    );
+    let r = through(&s, "/admin/reports").await;
+    u.expect_problem(
+        &r,
+        403,
+        "second_factor_required",
+        "twofa.max_age with device",
+    );
+}
