@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::support::burst::{self, statuses};
 use crate::support::http::{self, Response};
 use crate::support::keycloak::{uuid, Token, CLIENT};
-use crate::user_common::UserStack;
+use crate::user_common::{UserStack, ALICE_MOBILE};
 
 const ALICE: &str = "alice@example.com";
 /// Longer than `factor::device::REUSE_GRACE` (3 s): a replaced token sent
@@ -174,6 +174,7 @@ async fn a_replaced_token_that_comes_back_revokes_the_device_and_tells_the_user(
         "the device's session",
     );
     let mails_before = u.smtp.messages_to(ALICE).len();
+    let sms_before = u.twilio.messages_to(ALICE_MOBILE).len();
 
     // Later, the copy of t1 comes back from somewhere else.
     tokio::time::sleep(PAST_GRACE).await;
@@ -194,6 +195,14 @@ async fn a_replaced_token_that_comes_back_revokes_the_device_and_tells_the_user(
         mail.subject
     );
     assert!(!mail.text.contains(&t1) && !mail.text.contains(&t2));
+    // And by SMS to the verified mobile (Twilio's wire format, stand-in).
+    let sms = u.twilio.wait_for(ALICE_MOBILE, sms_before + 1).await;
+    assert!(
+        sms.body.contains("remembered device was revoked"),
+        "{}",
+        sms.body
+    );
+    u.assert_no_violations();
 
     // The device is gone: its newer token is refused too, and the sessions
     // it may have verified are no longer verified.
@@ -343,9 +352,24 @@ async fn a_device_never_satisfies_a_step_up_or_a_sensitive_operation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_uses_of_one_token_at_once_verify_exactly_one_session() {
+    exactly_one_of_a_burst(|_| {}).await;
+}
+
+/// The same on the embedded stores: SQLite and the in-memory session store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_uses_at_once_verify_exactly_one_session_on_sqlite_and_memory() {
+    exactly_one_of_a_burst(|c| {
+        c.set_str("storage", "database_url", "sqlite://twofa.db")
+            .set_str("storage", "redis_url", "memory://");
+    })
+    .await;
+}
+
+async fn exactly_one_of_a_burst(tweak: impl FnOnce(&mut crate::support::app::AppConfig)) {
     // A budget that the burst does not spend.
     let u = stack("30d", |c| {
         c.set("security", "max_attempts", "50");
+        tweak(c);
     })
     .await;
     let alice = verified_alice(&u).await;
