@@ -303,6 +303,22 @@ mod tests {
             "973fb96e47146b0a4f97051ffb5dfa3d10face930daba988992d2180bc304637",
             "PostgreSQL migration 1 was edited"
         );
+        let v3 = |l: &'static [Migration]| {
+            l.iter()
+                .find(|m| m.version == 3)
+                .map(Migration::checksum)
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            v3(SQLITE),
+            "f4d73f83cddd36f63292d25b54e781bb6aca64c8a7d7c95173eaad3ac50e201d",
+            "SQLite migration 3 was edited"
+        );
+        assert_eq!(
+            v3(POSTGRES),
+            "72f9f657829e1a12bdd96eca76482cbc67d27ba5c3f186d5c3433d975c8d15e9",
+            "PostgreSQL migration 3 was edited"
+        );
     }
 
     const KNOWN: &[Migration] = &[
