@@ -84,7 +84,8 @@ pub async fn reencrypt_secrets(cfg: &Config) -> i32 {
 }
 
 /// `twofa-authz reset-user SUB`: removes the user's TOTP, recovery codes,
-/// consecutive-failure count, lockout and verified sessions, so that the
+/// remembered devices, consecutive-failure count, lockout and verified
+/// sessions, so that the
 /// user can enroll again; prints what it removed. The profile and its
 /// contacts stay, and so does the last accepted TOTP step (replay guard).
 pub async fn reset_user(cfg: Config, sub: &str) -> i32 {
@@ -144,9 +145,10 @@ pub async fn reset_user(cfg: Config, sub: &str) -> i32 {
         println!("reset {sub}: removed a pending (unconfirmed) TOTP secret");
     }
     println!(
-        "reset {sub}: TOTP {}, {} recovery code(s) removed, failure count {}, lockout {}, removed {n} verified session(s)",
+        "reset {sub}: TOTP {}, {} recovery code(s) removed, {} remembered device(s) revoked, failure count {}, lockout {}, removed {n} verified session(s)",
         if report.totp { "removed" } else { "not enrolled" },
         report.recovery_codes,
+        report.remembered_devices,
         if report.failures_cleared { "cleared" } else { "was zero" },
         if lockout { "cleared" } else { "none" },
     );

@@ -228,6 +228,7 @@ impl AppState {
             Ports {
                 ephemeral: ephemeral.clone(),
                 profiles: profiles.clone(),
+                devices: profiles.clone(),
                 sessions: sessions.clone(),
                 keys: keys.clone(),
                 delivery: delivery.clone(),

@@ -66,6 +66,12 @@ pub enum Error {
     FactorLocked,
     #[error("the logout token is not valid")]
     InvalidLogoutToken(&'static str),
+    /// `security.remember_device_ttl` is 0: the remembered-device routes
+    /// exist but are turned off.
+    #[error("remembered devices are turned off here (security.remember_device_ttl)")]
+    RememberedDevicesDisabled,
+    #[error("no remembered device with this id")]
+    DeviceNotFound,
     #[error("not found")]
     NotFound,
     /// A known path asked with a method it does not take (the `Allow`
@@ -138,6 +144,8 @@ catalogue! {
     TOTP_ALREADY_ENABLED = "totp_already_enabled", CONFLICT, "TOTP already enabled";
     FACTOR_LOCKED = "factor_locked", LOCKED, "Factor locked";
     INVALID_LOGOUT_TOKEN = "invalid_logout_token", BAD_REQUEST, "Invalid logout token";
+    REMEMBERED_DEVICES_DISABLED = "remembered_devices_disabled", NOT_FOUND, "Remembered devices disabled";
+    DEVICE_NOT_FOUND = "device_not_found", NOT_FOUND, "Device not found";
     NOT_FOUND = "not_found", NOT_FOUND, "Not found";
     METHOD_NOT_ALLOWED = "method_not_allowed", METHOD_NOT_ALLOWED, "Method not allowed";
     STORAGE_UNAVAILABLE = "storage_unavailable", SERVICE_UNAVAILABLE, "Storage unavailable";
@@ -176,6 +184,8 @@ impl Error {
             Error::TotpAlreadyEnabled => &p::TOTP_ALREADY_ENABLED,
             Error::FactorLocked => &p::FACTOR_LOCKED,
             Error::InvalidLogoutToken(_) => &p::INVALID_LOGOUT_TOKEN,
+            Error::RememberedDevicesDisabled => &p::REMEMBERED_DEVICES_DISABLED,
+            Error::DeviceNotFound => &p::DEVICE_NOT_FOUND,
             Error::NotFound => &p::NOT_FOUND,
             Error::MethodNotAllowed => &p::METHOD_NOT_ALLOWED,
             Error::StorageUnavailable(_) => &p::STORAGE_UNAVAILABLE,
@@ -334,6 +344,8 @@ mod tests {
             Error::TotpAlreadyEnabled,
             Error::FactorLocked,
             Error::InvalidLogoutToken("x"),
+            Error::RememberedDevicesDisabled,
+            Error::DeviceNotFound,
             Error::NotFound,
             Error::MethodNotAllowed,
             Error::StorageUnavailable("x".into()),

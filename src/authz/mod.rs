@@ -228,8 +228,12 @@ pub fn decide(
         SessionState::NoSession => required(Reason::NoSid),
         SessionState::NotLooked | SessionState::NotVerified => required(Reason::NotVerified),
         SessionState::Verified(v) => {
+            // A step-up asks for a factor passed recently; a remembered
+            // device passes none, whenever it was used.
             let fresh = match need.max_age {
-                Some(max) => now.saturating_sub(v.at) <= max.as_secs() as i64,
+                Some(max) => {
+                    v.factor.is_fresh_proof() && now.saturating_sub(v.at) <= max.as_secs() as i64
+                }
                 None => true,
             };
             if fresh {
@@ -594,6 +598,44 @@ mod tests {
     }
     fn m() -> Vec<String> {
         vec!["totp".into()]
+    }
+
+    /// A session verified by a remembered device passes `2fa`, never a
+    /// step-up `max_age`, however recently the device was used.
+    #[test]
+    fn a_remembered_device_never_satisfies_max_age() {
+        let device = |ago| {
+            SessionState::Verified(Verified {
+                factor: Factor::Device,
+                at: NOW - ago,
+            })
+        };
+        let d = decide(
+            need(Requirement::TwoFa, None),
+            TokenState::Valid(id(Some("s"))),
+            device(5),
+            NOW,
+            &m(),
+        );
+        assert!(matches!(d, Decision::Allow { .. }));
+        for ago in [0, 5] {
+            let d = decide(
+                need(Requirement::TwoFa, Some(900)),
+                TokenState::Valid(id(Some("s"))),
+                device(ago),
+                NOW,
+                &m(),
+            );
+            assert_eq!(d.outcome().verdict, Verdict::SecondFactorRequired);
+        }
+        let d = decide(
+            need(Requirement::TwoFa, Some(900)),
+            TokenState::Valid(id(Some("s"))),
+            verified(5),
+            NOW,
+            &m(),
+        );
+        assert!(matches!(d, Decision::Allow { .. }));
     }
 
     #[test]

@@ -627,6 +627,12 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             return Err(ConfigError::new(k, "must be at least 1s"));
         }
     }
+    if s.remember_device_ttl.as_secs() > 400 * 86_400 {
+        return Err(ConfigError::new(
+            "security.remember_device_ttl",
+            "must be at most 400d (0 turns remembered devices off)",
+        ));
+    }
 
     let t = &c.totp;
     if t.digits != 6 && t.digits != 8 {

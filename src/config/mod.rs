@@ -225,6 +225,9 @@ pub struct SecurityConfig {
     /// Adding, changing or removing a factor or a contact needs a factor
     /// passed this recently by the same session.
     pub sensitive_max_age: Dur,
+    /// How long a remembered device (`POST /user/remembered-devices`) can
+    /// pass for a second factor; `0` (the default) turns the feature off.
+    pub remember_device_ttl: Dur,
 }
 
 impl Default for SecurityConfig {
@@ -245,6 +248,7 @@ impl Default for SecurityConfig {
             pending_totp_ttl: Dur::secs(600),
             recovery_code_count: 10,
             sensitive_max_age: Dur::secs(600),
+            remember_device_ttl: Dur::secs(0),
         }
     }
 }

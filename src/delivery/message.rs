@@ -33,6 +33,9 @@ pub enum Notice {
     TotpEnrolled,
     TotpRemoved,
     RecoveryCodesRegenerated,
+    /// A remembered device was revoked because a token it had already
+    /// replaced came back: a copy of it is in someone else's hands.
+    DeviceRevoked,
 }
 
 impl Notice {
@@ -44,6 +47,7 @@ impl Notice {
             Notice::TotpEnrolled => "totp_enrolled",
             Notice::TotpRemoved => "totp_removed",
             Notice::RecoveryCodesRegenerated => "recovery_codes_regenerated",
+            Notice::DeviceRevoked => "device_revoked",
         }
     }
 }
@@ -134,6 +138,7 @@ pub(super) fn samples(l: &Locale) -> Vec<Sample> {
         Notice::TotpEnrolled,
         Notice::TotpRemoved,
         Notice::RecoveryCodesRegenerated,
+        Notice::DeviceRevoked,
     ] {
         for channel in [Channel::Email, Channel::Sms] {
             out.push(Sample {
@@ -183,9 +188,10 @@ impl Notice {
         match self {
             Notice::EmailChanged { new } => vec![("new_email", Value::from(mask_email(new)))],
             Notice::MobileChanged { new } => vec![("new_mobile", Value::from(mask_mobile(new)))],
-            Notice::TotpEnrolled | Notice::TotpRemoved | Notice::RecoveryCodesRegenerated => {
-                vec![]
-            }
+            Notice::TotpEnrolled
+            | Notice::TotpRemoved
+            | Notice::RecoveryCodesRegenerated
+            | Notice::DeviceRevoked => vec![],
         }
     }
 }
@@ -304,6 +310,7 @@ mod tests {
                 Notice::TotpEnrolled,
                 Notice::TotpRemoved,
                 Notice::RecoveryCodesRegenerated,
+                Notice::DeviceRevoked,
             ] {
                 let e = m.notice_email(l, "alice@example.com", &n).unwrap();
                 assert!(!e.subject.is_empty() && !e.text.is_empty() && !e.html.is_empty());

@@ -61,6 +61,10 @@ pub const EMBEDDED: &[(&str, &str)] = embedded![
     "recovery_codes_regenerated.txt",
     "recovery_codes_regenerated.html",
     "recovery_codes_regenerated.sms.txt",
+    "device_revoked.subject.txt",
+    "device_revoked.txt",
+    "device_revoked.html",
+    "device_revoked.sms.txt",
 ];
 
 /// Template files are small; anything bigger is a mistake.

@@ -1,10 +1,11 @@
 //! Second factors: one-time codes by email and SMS (`otp`), TOTP (`totp`),
 //! recovery codes (`recovery`) and their bounded hashing (`hashing`),
 //! contacts as input (`contact`), the attempt budget shared by all of them
-//! (`lockout`), and the service that owns the rules of every verification
-//! and enrollment flow (`service`).
+//! (`lockout`), remembered devices (`device`), and the service that owns the
+//! rules of every verification and enrollment flow (`service`).
 
 pub mod contact;
+pub mod device;
 pub mod hashing;
 pub mod lockout;
 pub mod otp;

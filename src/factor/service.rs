@@ -38,8 +38,8 @@ use crate::delivery::{mask_email, mask_mobile, Delivery, Notice, Recipients};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::store::{
-    keys, Attempt, AttemptLimits, EphemeralStore, Factor, Profile, ProfileStore, SessionIds,
-    SessionStore, Verified,
+    keys, Attempt, AttemptLimits, DeviceStore, EphemeralStore, Factor, Profile, ProfileStore,
+    SessionIds, SessionStore, Verified,
 };
 use crate::token::{HexKey, Identity};
 
@@ -58,6 +58,8 @@ pub trait Directory: Send + Sync {
 pub struct Ports {
     pub ephemeral: Arc<dyn EphemeralStore>,
     pub profiles: Arc<dyn ProfileStore>,
+    /// Remembered devices (the profile database in production).
+    pub devices: Arc<dyn DeviceStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub keys: Arc<KeyRing>,
     pub delivery: Arc<Delivery>,
@@ -81,16 +83,17 @@ pub struct Settings {
 }
 
 pub struct Factors {
-    eph: Arc<dyn EphemeralStore>,
+    pub(super) eph: Arc<dyn EphemeralStore>,
     profiles: Arc<dyn ProfileStore>,
-    sessions: Arc<dyn SessionStore>,
+    pub(super) devices: Arc<dyn DeviceStore>,
+    pub(super) sessions: Arc<dyn SessionStore>,
     keys: Arc<KeyRing>,
     delivery: Arc<Delivery>,
     directory: Option<Arc<dyn Directory>>,
     metrics: Arc<Metrics>,
     hashing: Arc<HashPool>,
-    clock: SharedClock,
-    s: Settings,
+    pub(super) clock: SharedClock,
+    pub(super) s: Settings,
 }
 
 /// The factor-related rows of the profile store.
@@ -136,7 +139,7 @@ pub struct NewTotp {
 }
 
 /// What comparing one code gave, inside [`Factors::attempt`].
-enum Compared<T> {
+pub(super) enum Compared<T> {
     Right(T),
     Wrong,
     /// The code matched, but what it proves is no longer there (a parallel
@@ -165,7 +168,7 @@ fn verified_contact(p: &Profile, channel: Channel) -> Option<String> {
 }
 
 /// Where factor notices go: the verified contacts, in the token's language.
-fn recipients(p: &Profile, id: &Identity) -> Recipients {
+pub(super) fn recipients(p: &Profile, id: &Identity) -> Recipients {
     Recipients {
         email: verified_contact(p, Channel::Email),
         mobile: verified_contact(p, Channel::Mobile),
@@ -178,6 +181,7 @@ impl Factors {
         Self {
             eph: p.ephemeral,
             profiles: p.profiles,
+            devices: p.devices,
             sessions: p.sessions,
             keys: p.keys,
             delivery: p.delivery,
@@ -675,7 +679,7 @@ impl Factors {
         }
     }
 
-    async fn enrolled(&self, subject: &str) -> Result<Enrolled, Error> {
+    pub(super) async fn enrolled(&self, subject: &str) -> Result<Enrolled, Error> {
         let totp = self.profiles.get_totp(subject).await?.is_some();
         let recovery_codes = self.profiles.recovery_codes(subject).await?.len() as u32;
         Ok(Enrolled {
@@ -688,7 +692,7 @@ impl Factors {
     /// in the contract's names: enabled TOTP, verified email, verified
     /// mobile (`sms`), remaining recovery codes. From the stored profile
     /// and factors only.
-    fn methods(&self, p: &Profile, e: Enrolled) -> Vec<String> {
+    pub(super) fn methods(&self, p: &Profile, e: Enrolled) -> Vec<String> {
         let enabled = |m: &str| self.s.security.methods.iter().any(|x| x == m);
         let mut out = Vec::new();
         if e.totp && enabled("totp") {
@@ -709,7 +713,7 @@ impl Factors {
     /// Leaves the user's available methods where a Check's 403 can list
     /// them without reading the database. Best effort: a stale or missing
     /// hint only changes which methods a denial suggests, never a decision.
-    async fn publish_methods(&self, id: &Identity, methods: &[String]) {
+    pub(super) async fn publish_methods(&self, id: &Identity, methods: &[String]) {
         const TTL: Duration = Duration::from_secs(30 * 86_400);
         let key = keys::methods_hint(&id.subject_key());
         if let Ok(json) = serde_json::to_string(methods) {
@@ -720,7 +724,7 @@ impl Factors {
     }
 
     /// What the token's session passed, if anything (and still valid).
-    async fn session(&self, id: &Identity) -> Result<Option<Verified>, Error> {
+    pub(super) async fn session(&self, id: &Identity) -> Result<Option<Verified>, Error> {
         match id.session_key() {
             None => Ok(None),
             Some(k) => Ok(self.sessions.get(&id.subject_key(), &k.hex()).await?),
@@ -731,7 +735,8 @@ impl Factors {
     /// `second_factor_required` (with `max_age`) unless this session passed
     /// one within `security.sensitive_max_age`. A session verified long ago,
     /// or a stolen access token, cannot bind a new factor or redirect a
-    /// contact.
+    /// contact. A remembered device never counts as recent: it proves the
+    /// device, not that the user just passed a factor.
     async fn require_recent_factor(&self, id: &Identity, p: &Profile) -> Result<(), Error> {
         let e = self.enrolled(id.sub()).await?;
         let methods = self.methods(p, e);
@@ -742,7 +747,9 @@ impl Factors {
         let max_age = self.s.security.sensitive_max_age.as_secs();
         let now = self.clock.now();
         match self.session(id).await? {
-            Some(v) if now.saturating_sub(v.at) <= max_age as i64 => Ok(()),
+            Some(v) if v.factor.is_fresh_proof() && now.saturating_sub(v.at) <= max_age as i64 => {
+                Ok(())
+            }
             _ => Err(Error::SecondFactorRequired {
                 methods,
                 max_age: Some(max_age),
@@ -752,7 +759,11 @@ impl Factors {
 
     /// Marks the token's Keycloak session (iss, sub, sid) as having passed
     /// `factor` now, for `security.second_factor_ttl`.
-    async fn mark_verified(&self, id: &Identity, factor: Factor) -> Result<Verified, Error> {
+    pub(super) async fn mark_verified(
+        &self,
+        id: &Identity,
+        factor: Factor,
+    ) -> Result<Verified, Error> {
         let sid = require_sid(id)?;
         let v = Verified {
             factor,
@@ -803,7 +814,7 @@ impl Factors {
     /// `attempts_remaining`, or 429 when it spent the budget (the lockout
     /// starts with it), or 423 when it reached the cap. A right code clears
     /// the counter, the lockout and the series, and the consecutive count.
-    async fn attempt<T>(
+    pub(super) async fn attempt<T>(
         &self,
         id: &Identity,
         method: Factor,
@@ -1025,7 +1036,7 @@ impl Factors {
     /// kind (a "recovery codes regenerated" cannot hide an "email changed").
     /// A suppressed notice is logged (without the contact); the change it
     /// reports stands either way.
-    async fn notify(&self, id: &Identity, to: Recipients, notice: Notice) {
+    pub(super) async fn notify(&self, id: &Identity, to: Recipients, notice: Notice) {
         if !self.s.security.notify_changes {
             return;
         }
@@ -1076,7 +1087,7 @@ fn require_sid(id: &Identity) -> Result<&str, Error> {
 }
 
 /// The token's session hash (present whenever `sid` is).
-fn require_session(id: &Identity) -> Result<HexKey, Error> {
+pub(super) fn require_session(id: &Identity) -> Result<HexKey, Error> {
     require_sid(id)?;
     id.session_key()
         .map(|k| k.hex())

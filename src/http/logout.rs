@@ -1,7 +1,8 @@
 //! OIDC Back-Channel Logout 1.0 (https://openid.net/specs/openid-connect-backchannel-1_0.html):
 //! Keycloak posts a signed logout token when a session ends; the session's
 //! second-factor state is deleted at once, everywhere (it lives in the shared
-//! session store).
+//! session store). A logout by `sub` alone (every session of the user) also
+//! revokes the user's remembered devices.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,12 +171,24 @@ async fn handle(state: &AppState, body: &[u8]) -> Result<(), Error> {
             .map(|n| n > 0),
         (None, None) => Ok(false),
     };
-    match removed {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            // Let Keycloak (or an operator) retry the same token.
-            let _ = state.ephemeral.delete(&jti_key).await;
-            Err(Error::StorageUnavailable(e.to_string()))
+    if let Err(e) = removed {
+        // Let Keycloak (or an operator) retry the same token.
+        let _ = state.ephemeral.delete(&jti_key).await;
+        return Err(Error::StorageUnavailable(e.to_string()));
+    }
+    // Logged out everywhere: remembered devices go too, or the next session
+    // on any of them would be verified at once. After the sessions, so that
+    // a database outage never keeps a session verified.
+    if let (Some(sub), None) = (&sub, &sid) {
+        if let Err(e) = state.factors.forget_all_devices(sub).await {
+            if state.cfg.security.remember_device_ttl.as_secs() == 0 {
+                // Off: the devices verify nothing; the logout stands.
+                tracing::warn!(error = %e, "could not revoke the remembered devices of a user logged out everywhere");
+            } else {
+                let _ = state.ephemeral.delete(&jti_key).await;
+                return Err(e);
+            }
         }
     }
+    Ok(())
 }

@@ -336,3 +336,98 @@ impl super::EphemeralStore for MemoryEphemeralStore {
         Ok(())
     }
 }
+
+/// Remembered devices in memory, for tests of the device rules: the same
+/// atomicity as the databases (one lock around each step).
+#[derive(Default)]
+pub struct MemoryDeviceStore {
+    devices: Mutex<Vec<super::DeviceRecord>>,
+}
+
+impl MemoryDeviceStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl super::DeviceStore for MemoryDeviceStore {
+    async fn insert_device(&self, d: &super::DeviceRecord) -> Result<(), StoreError> {
+        let mut all = self.devices.lock();
+        // The databases' primary key and unique hashes.
+        if all.iter().any(|x| {
+            x.id == d.id
+                || x.token_hash == d.token_hash
+                || x.previous_hash.as_deref() == Some(d.token_hash.as_str())
+        }) {
+            return Err(StoreError::Unavailable(
+                "memory: a device with this id or token exists".into(),
+            ));
+        }
+        all.push(d.clone());
+        Ok(())
+    }
+
+    async fn devices(&self, subject: &str) -> Result<Vec<super::DeviceRecord>, StoreError> {
+        let mut out: Vec<_> = self
+            .devices
+            .lock()
+            .iter()
+            .filter(|d| d.subject == subject)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn find_device(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<super::DeviceMatch>, StoreError> {
+        let all = self.devices.lock();
+        Ok(all.iter().find_map(|d| {
+            if d.token_hash == token_hash {
+                Some(super::DeviceMatch::Current(d.clone()))
+            } else if d.previous_hash.as_deref() == Some(token_hash) {
+                Some(super::DeviceMatch::Previous(d.clone()))
+            } else {
+                None
+            }
+        }))
+    }
+
+    async fn rotate_device(
+        &self,
+        id: &str,
+        old_hash: &str,
+        new_hash: &str,
+        used_at: i64,
+    ) -> Result<bool, StoreError> {
+        let mut all = self.devices.lock();
+        match all
+            .iter_mut()
+            .find(|d| d.id == id && d.token_hash == old_hash)
+        {
+            Some(d) => {
+                d.previous_hash = Some(std::mem::replace(&mut d.token_hash, new_hash.into()));
+                d.last_used_at = Some(used_at);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn delete_device(&self, subject: &str, id: &str) -> Result<bool, StoreError> {
+        let mut all = self.devices.lock();
+        let before = all.len();
+        all.retain(|d| !(d.subject == subject && d.id == id));
+        Ok(all.len() != before)
+    }
+
+    async fn delete_devices(&self, subject: &str) -> Result<u32, StoreError> {
+        let mut all = self.devices.lock();
+        let before = all.len();
+        all.retain(|d| d.subject != subject);
+        Ok(u32::try_from(before - all.len()).unwrap_or(u32::MAX))
+    }
+}

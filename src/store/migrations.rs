@@ -20,7 +20,11 @@
 //! - `recovery_code`: one row per unused code, a salted hash only. Ids never
 //!   repeat (AUTOINCREMENT / identity), so an id read before a regeneration
 //!   can never spend a code issued after it;
-//! - `factor_failure`: wrong codes in a row, for the hard lockout cap.
+//! - `factor_failure`: wrong codes in a row, for the hard lockout cap;
+//! - `remembered_device` (version 3): a remembered device's token as its
+//!   SHA-256 only, and the hash of the token it replaced (one generation
+//!   back, to recognise a stolen copy). Both hashes are unique, so a lookup
+//!   by either finds at most one device.
 //!
 //! The factor tables do not reference `user_profile`: `reset-user` and the
 //! replay guard must work on a subject whatever state its profile is in.
@@ -32,10 +36,13 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "profiles and factors",
-    sql: r#"
+// Version 2 is the WebAuthn migration of another branch; this list skips it
+// until the two meet (`plan` accepts a gap in the known list).
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "profiles and factors",
+        sql: r#"
 CREATE TABLE user_profile (
     sub             TEXT PRIMARY KEY NOT NULL,
     username        TEXT,
@@ -71,12 +78,31 @@ CREATE TABLE factor_failure (
     count INTEGER NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        version: 3,
+        name: "remembered devices",
+        sql: r#"
+CREATE TABLE remembered_device (
+    id            TEXT PRIMARY KEY NOT NULL,
+    sub           TEXT NOT NULL,
+    name          TEXT,
+    token_hash    TEXT NOT NULL UNIQUE,
+    previous_hash TEXT UNIQUE,
+    created_at    INTEGER NOT NULL,
+    last_used_at  INTEGER,
+    expires_at    INTEGER NOT NULL
+);
+CREATE INDEX remembered_device_sub ON remembered_device (sub);
+"#,
+    },
+];
 
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "profiles and factors",
-    sql: r#"
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "profiles and factors",
+        sql: r#"
 CREATE TABLE user_profile (
     sub             TEXT PRIMARY KEY,
     username        TEXT,
@@ -112,7 +138,25 @@ CREATE TABLE factor_failure (
     count INTEGER NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        version: 3,
+        name: "remembered devices",
+        sql: r#"
+CREATE TABLE remembered_device (
+    id            TEXT PRIMARY KEY,
+    sub           TEXT NOT NULL,
+    name          TEXT,
+    token_hash    TEXT NOT NULL UNIQUE,
+    previous_hash TEXT UNIQUE,
+    created_at    BIGINT NOT NULL,
+    last_used_at  BIGINT,
+    expires_at    BIGINT NOT NULL
+);
+CREATE INDEX remembered_device_sub ON remembered_device (sub);
+"#,
+    },
+];
 
 /// The schema version this build migrates to.
 pub fn latest() -> i64 {
@@ -258,6 +302,22 @@ mod tests {
             POSTGRES[0].checksum(),
             "973fb96e47146b0a4f97051ffb5dfa3d10face930daba988992d2180bc304637",
             "PostgreSQL migration 1 was edited"
+        );
+        let v3 = |l: &'static [Migration]| {
+            l.iter()
+                .find(|m| m.version == 3)
+                .map(Migration::checksum)
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            v3(SQLITE),
+            "f4d73f83cddd36f63292d25b54e781bb6aca64c8a7d7c95173eaad3ac50e201d",
+            "SQLite migration 3 was edited"
+        );
+        assert_eq!(
+            v3(POSTGRES),
+            "72f9f657829e1a12bdd96eca76482cbc67d27ba5c3f186d5c3433d975c8d15e9",
+            "PostgreSQL migration 3 was edited"
         );
     }
 

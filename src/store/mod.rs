@@ -5,7 +5,10 @@
 //!   seen logout-token `jti`s (Redis or memory);
 //! - [`ProfileStore`]: what must survive restarts: profiles, enrolled factors,
 //!   recovery codes, the last accepted TOTP step, the consecutive-failure
-//!   count (PostgreSQL or SQLite).
+//!   count (PostgreSQL or SQLite);
+//! - [`DeviceStore`]: remembered devices, by the hash of their token
+//!   (PostgreSQL or SQLite, as part of every [`ProfileStore`]; memory for
+//!   tests).
 //!
 //! Implementations live beside the traits; `tests/it/conformance.rs` holds
 //! the one test suite per trait that every implementation must pass. Every
@@ -38,6 +41,10 @@ pub enum Factor {
     Email,
     Sms,
     Recovery,
+    /// A remembered device (`POST /user/verify-device`): proves the device,
+    /// not a fresh factor, so it never satisfies a step-up `max_age` or
+    /// `security.sensitive_max_age`.
+    Device,
 }
 
 impl Factor {
@@ -48,6 +55,8 @@ impl Factor {
             Factor::Email => 2,
             Factor::Sms => 3,
             Factor::Recovery => 4,
+            // 5 is WebAuthn's.
+            Factor::Device => 6,
         }
     }
 
@@ -57,6 +66,7 @@ impl Factor {
             2 => Factor::Email,
             3 => Factor::Sms,
             4 => Factor::Recovery,
+            6 => Factor::Device,
             _ => return None,
         })
     }
@@ -67,7 +77,16 @@ impl Factor {
             Factor::Email => "email",
             Factor::Sms => "sms",
             Factor::Recovery => "recovery",
+            Factor::Device => "device",
         }
+    }
+
+    /// Whether passing this factor shows that the user was just there: what
+    /// a step-up `max_age` and `security.sensitive_max_age` ask for. A
+    /// remembered device proves only that the device holds a token issued
+    /// earlier.
+    pub fn is_fresh_proof(self) -> bool {
+        !matches!(self, Factor::Device)
     }
 }
 
@@ -404,12 +423,66 @@ pub struct ResetReport {
     pub totp: bool,
     pub recovery_codes: u32,
     pub failures_cleared: bool,
+    pub remembered_devices: u32,
+}
+
+/// A remembered device (`remembered_device`): the token the device keeps is
+/// stored only as its hash, beside the hash of the token it replaced (one
+/// generation back), which identifies a stolen copy when it comes back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Random, public: what the list shows and `DELETE` names.
+    pub id: String,
+    /// The Keycloak `sub` it belongs to.
+    pub subject: String,
+    pub name: Option<String>,
+    pub token_hash: String,
+    pub previous_hash: Option<String>,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub expires_at: i64,
+}
+
+/// Which of a device's token hashes a lookup matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceMatch {
+    /// The token the device holds now.
+    Current(DeviceRecord),
+    /// The token it held before its last rotation: replayed.
+    Previous(DeviceRecord),
+}
+
+/// Remembered devices. Rotation is one conditional statement, so that two
+/// uses of the same token at once rotate it once.
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
+    async fn insert_device(&self, d: &DeviceRecord) -> Result<(), StoreError>;
+    /// The subject's devices, oldest first, expired ones included.
+    async fn devices(&self, subject: &str) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// The device whose current or previous token hash is `token_hash`.
+    async fn find_device(&self, token_hash: &str) -> Result<Option<DeviceMatch>, StoreError>;
+    /// Replaces the current hash by `new_hash` (the current one becomes the
+    /// previous one) and records the use, only if the current hash is still
+    /// `old_hash`: false when a parallel use rotated it first, or the
+    /// device is gone.
+    async fn rotate_device(
+        &self,
+        id: &str,
+        old_hash: &str,
+        new_hash: &str,
+        used_at: i64,
+    ) -> Result<bool, StoreError>;
+    /// Removes one device of the subject; false when there is none.
+    async fn delete_device(&self, subject: &str, id: &str) -> Result<bool, StoreError>;
+    /// Removes every device of the subject; how many there were.
+    async fn delete_devices(&self, subject: &str) -> Result<u32, StoreError>;
 }
 
 /// Durable state. Methods that must be atomic say so; both implementations
 /// guarantee it with a transaction or a single conditional statement.
+/// Remembered devices live in the same database ([`DeviceStore`]).
 #[async_trait]
-pub trait ProfileStore: Send + Sync {
+pub trait ProfileStore: DeviceStore + Send + Sync {
     /// Applies pending versioned migrations and records a checksum for
     /// every applied migration that has none; idempotent. `Incompatible`
     /// when the database recorded migrations this binary does not know or
@@ -466,8 +539,8 @@ pub trait ProfileStore: Send + Sync {
     async fn failures(&self, subject: &str) -> Result<u32, StoreError>;
     async fn clear_failures(&self, subject: &str) -> Result<(), StoreError>;
 
-    /// Administrator reset: removes TOTP, recovery codes and the failure
-    /// count (the profile and contacts stay).
+    /// Administrator reset: removes TOTP, recovery codes, remembered
+    /// devices and the failure count (the profile and contacts stay).
     async fn reset_user(&self, subject: &str) -> Result<ResetReport, StoreError>;
 }
 
@@ -477,7 +550,13 @@ mod tests {
 
     #[test]
     fn verified_round_trips_in_ten_bytes() {
-        for factor in [Factor::Totp, Factor::Email, Factor::Sms, Factor::Recovery] {
+        for factor in [
+            Factor::Totp,
+            Factor::Email,
+            Factor::Sms,
+            Factor::Recovery,
+            Factor::Device,
+        ] {
             for at in [0, 1_700_000_000, -1, i64::MAX] {
                 let v = Verified { factor, at };
                 let raw = encode_verified(v);

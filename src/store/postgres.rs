@@ -26,7 +26,10 @@ use tokio_postgres::{GenericClient, Row};
 
 use super::migrations::{self, Applied, POSTGRES};
 use super::pg_tls::{error_chain, is_tls_failure, MakeRustlsConnect, PgTarget};
-use super::{Profile, ProfileStore, ResetReport, StoreError, TotpRecord};
+use super::{
+    DeviceMatch, DeviceRecord, DeviceStore, Profile, ProfileStore, ResetReport, StoreError,
+    TotpRecord,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -702,12 +705,161 @@ impl ProfileStore for PostgresProfileStore {
                     .map(|r| r.try_get::<_, i32>(0))
                     .transpose()?
                     .is_some_and(|n| n > 0);
+                let devices = tx
+                    .execute("DELETE FROM remembered_device WHERE sub = $1", &[&s])
+                    .await?;
                 tx.commit().await?;
                 Ok(ResetReport {
                     totp,
                     recovery_codes: count_u32(codes),
                     failures_cleared: failures,
+                    remembered_devices: count_u32(devices),
                 })
+            })
+        })
+        .await
+    }
+}
+
+const DEVICE_COLUMNS: &str =
+    "id, sub, name, token_hash, previous_hash, created_at, last_used_at, expires_at";
+
+fn device_row(r: &Row) -> Result<DeviceRecord, tokio_postgres::Error> {
+    Ok(DeviceRecord {
+        id: r.try_get(0)?,
+        subject: r.try_get(1)?,
+        name: r.try_get(2)?,
+        token_hash: r.try_get(3)?,
+        previous_hash: r.try_get(4)?,
+        created_at: r.try_get(5)?,
+        last_used_at: r.try_get(6)?,
+        expires_at: r.try_get(7)?,
+    })
+}
+
+#[async_trait]
+impl DeviceStore for PostgresProfileStore {
+    async fn insert_device(&self, d: &DeviceRecord) -> Result<(), StoreError> {
+        let d = d.clone();
+        self.with(move |c| {
+            Box::pin(async move {
+                c.execute(
+                    &format!(
+                        "INSERT INTO remembered_device ({DEVICE_COLUMNS}) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                    ),
+                    &[
+                        &d.id,
+                        &d.subject,
+                        &d.name,
+                        &d.token_hash,
+                        &d.previous_hash,
+                        &d.created_at,
+                        &d.last_used_at,
+                        &d.expires_at,
+                    ],
+                )
+                .await
+                .map(|_| ())
+            })
+        })
+        .await
+    }
+
+    async fn devices(&self, subject: &str) -> Result<Vec<DeviceRecord>, StoreError> {
+        let s = subject.to_string();
+        self.with(move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        &format!(
+                            "SELECT {DEVICE_COLUMNS} FROM remembered_device WHERE sub = $1 \
+                             ORDER BY created_at, id"
+                        ),
+                        &[&s],
+                    )
+                    .await?;
+                rows.iter().map(device_row).collect()
+            })
+        })
+        .await
+    }
+
+    async fn find_device(&self, token_hash: &str) -> Result<Option<DeviceMatch>, StoreError> {
+        let h = token_hash.to_string();
+        self.with(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        &format!(
+                            "SELECT {DEVICE_COLUMNS} FROM remembered_device \
+                             WHERE token_hash = $1 OR previous_hash = $1"
+                        ),
+                        &[&h],
+                    )
+                    .await?;
+                let d = row.as_ref().map(device_row).transpose()?;
+                Ok(d.map(|d| {
+                    if d.token_hash == h {
+                        DeviceMatch::Current(d)
+                    } else {
+                        DeviceMatch::Previous(d)
+                    }
+                }))
+            })
+        })
+        .await
+    }
+
+    async fn rotate_device(
+        &self,
+        id: &str,
+        old_hash: &str,
+        new_hash: &str,
+        used_at: i64,
+    ) -> Result<bool, StoreError> {
+        let (id, old, new) = (id.to_string(), old_hash.to_string(), new_hash.to_string());
+        self.with(move |c| {
+            Box::pin(async move {
+                // One conditional statement: of two uses of the same token,
+                // the second finds the hash already replaced.
+                let n = c
+                    .execute(
+                        "UPDATE remembered_device SET previous_hash = token_hash, \
+                         token_hash = $3, last_used_at = $4 WHERE id = $1 AND token_hash = $2",
+                        &[&id, &old, &new, &used_at],
+                    )
+                    .await?;
+                Ok(n == 1)
+            })
+        })
+        .await
+    }
+
+    async fn delete_device(&self, subject: &str, id: &str) -> Result<bool, StoreError> {
+        let (s, id) = (subject.to_string(), id.to_string());
+        self.with(move |c| {
+            Box::pin(async move {
+                let n = c
+                    .execute(
+                        "DELETE FROM remembered_device WHERE sub = $1 AND id = $2",
+                        &[&s, &id],
+                    )
+                    .await?;
+                Ok(n == 1)
+            })
+        })
+        .await
+    }
+
+    async fn delete_devices(&self, subject: &str) -> Result<u32, StoreError> {
+        let s = subject.to_string();
+        self.with(move |c| {
+            Box::pin(async move {
+                let n = c
+                    .execute("DELETE FROM remembered_device WHERE sub = $1", &[&s])
+                    .await?;
+                Ok(count_u32(n))
             })
         })
         .await

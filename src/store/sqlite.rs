@@ -19,7 +19,10 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::migrations::{self, Applied, Migration, SQLITE};
-use super::{Profile, ProfileStore, ResetReport, StoreError, TotpRecord};
+use super::{
+    DeviceMatch, DeviceRecord, DeviceStore, Profile, ProfileStore, ResetReport, StoreError,
+    TotpRecord,
+};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -549,12 +552,133 @@ impl ProfileStore for SqliteProfileStore {
                 params![s],
             )? > 0;
             tx.execute("DELETE FROM factor_failure WHERE sub = ?1", params![s])?;
+            let devices = tx.execute("DELETE FROM remembered_device WHERE sub = ?1", params![s])?;
             tx.commit()?;
             Ok(ResetReport {
                 totp,
                 recovery_codes: u32::try_from(codes).unwrap_or(u32::MAX),
                 failures_cleared: failures,
+                remembered_devices: u32::try_from(devices).unwrap_or(u32::MAX),
             })
+        })
+        .await
+    }
+}
+
+const DEVICE_COLUMNS: &str =
+    "id, sub, name, token_hash, previous_hash, created_at, last_used_at, expires_at";
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    Ok(DeviceRecord {
+        id: r.get(0)?,
+        subject: r.get(1)?,
+        name: r.get(2)?,
+        token_hash: r.get(3)?,
+        previous_hash: r.get(4)?,
+        created_at: r.get(5)?,
+        last_used_at: r.get(6)?,
+        expires_at: r.get(7)?,
+    })
+}
+
+#[async_trait]
+impl DeviceStore for SqliteProfileStore {
+    async fn insert_device(&self, d: &DeviceRecord) -> Result<(), StoreError> {
+        let d = d.clone();
+        self.with(move |c| {
+            c.execute(
+                &format!(
+                    "INSERT INTO remembered_device ({DEVICE_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ),
+                params![
+                    d.id,
+                    d.subject,
+                    d.name,
+                    d.token_hash,
+                    d.previous_hash,
+                    d.created_at,
+                    d.last_used_at,
+                    d.expires_at
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn devices(&self, subject: &str) -> Result<Vec<DeviceRecord>, StoreError> {
+        let s = subject.to_string();
+        self.with(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM remembered_device WHERE sub = ?1 \
+                 ORDER BY created_at, id"
+            ))?;
+            let rows = st.query_map(params![s], device_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn find_device(&self, token_hash: &str) -> Result<Option<DeviceMatch>, StoreError> {
+        let h = token_hash.to_string();
+        self.with(move |c| {
+            let d = c
+                .query_row(
+                    &format!(
+                        "SELECT {DEVICE_COLUMNS} FROM remembered_device \
+                         WHERE token_hash = ?1 OR previous_hash = ?1"
+                    ),
+                    params![h],
+                    device_row,
+                )
+                .optional()?;
+            Ok(d.map(|d| {
+                if d.token_hash == h {
+                    DeviceMatch::Current(d)
+                } else {
+                    DeviceMatch::Previous(d)
+                }
+            }))
+        })
+        .await
+    }
+
+    async fn rotate_device(
+        &self,
+        id: &str,
+        old_hash: &str,
+        new_hash: &str,
+        used_at: i64,
+    ) -> Result<bool, StoreError> {
+        let (id, old, new) = (id.to_string(), old_hash.to_string(), new_hash.to_string());
+        self.with(move |c| {
+            let n = c.execute(
+                "UPDATE remembered_device SET previous_hash = token_hash, token_hash = ?3, \
+                 last_used_at = ?4 WHERE id = ?1 AND token_hash = ?2",
+                params![id, old, new, used_at],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_device(&self, subject: &str, id: &str) -> Result<bool, StoreError> {
+        let (s, id) = (subject.to_string(), id.to_string());
+        self.with(move |c| {
+            Ok(c.execute(
+                "DELETE FROM remembered_device WHERE sub = ?1 AND id = ?2",
+                params![s, id],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn delete_devices(&self, subject: &str) -> Result<u32, StoreError> {
+        let s = subject.to_string();
+        self.with(move |c| {
+            let n = c.execute("DELETE FROM remembered_device WHERE sub = ?1", params![s])?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
         })
         .await
     }

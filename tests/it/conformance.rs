@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use twofa_authz::store::{
-    Attempt, AttemptLimits, EphemeralStore, Factor, Profile, ProfileStore, ResetReport, SessionIds,
-    SessionStore, TotpRecord, Verified,
+    Attempt, AttemptLimits, DeviceMatch, DeviceRecord, DeviceStore, EphemeralStore, Factor,
+    Profile, ProfileStore, ResetReport, SessionIds, SessionStore, TotpRecord, Verified,
 };
 
 /// `advance(secs)` must move the store's notion of time forward: a manual
@@ -665,6 +665,7 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
             totp: true,
             recovery_codes: 3,
             failures_cleared: true,
+            remembered_devices: 0,
         }
     );
     assert_eq!(store.get_totp(&alice).await.expect("get"), None);
@@ -686,6 +687,147 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
     );
 }
 
+fn device(id: &str, subject: &str, hash: &str, created_at: i64) -> DeviceRecord {
+    DeviceRecord {
+        id: id.into(),
+        subject: subject.into(),
+        name: Some(format!("device {id}")),
+        token_hash: hash.into(),
+        previous_hash: None,
+        created_at,
+        last_used_at: None,
+        expires_at: created_at + 3600,
+    }
+}
+
+/// The behaviour of a [`DeviceStore`] on an empty store: lookups by the
+/// current and the previous hash, rotation exactly once under concurrency,
+/// deletion per device and per subject. Subjects and ids are namespaced by
+/// `ns`.
+pub async fn device_store(store: Arc<dyn DeviceStore>, ns: &str) {
+    let now = 1_700_000_000;
+    let alice = format!("{ns}-alice");
+    let bob = format!("{ns}-bob");
+    let id = |n: &str| format!("{ns}-{n}");
+    let h = |n: &str| format!("{ns}-hash-{n}");
+    assert!(store.devices(&alice).await.expect("list").is_empty());
+    assert_eq!(store.find_device(&h("1")).await.expect("find"), None);
+
+    let a1 = device(&id("a1"), &alice, &h("1"), now);
+    let a2 = device(&id("a2"), &alice, &h("2"), now + 1);
+    let b1 = device(&id("b1"), &bob, &h("3"), now);
+    for d in [&a2, &a1, &b1] {
+        store.insert_device(d).await.expect("insert");
+    }
+    assert_eq!(
+        store.devices(&alice).await.expect("list"),
+        vec![a1.clone(), a2.clone()],
+        "oldest first, only the subject's"
+    );
+    assert_eq!(
+        store.find_device(&h("1")).await.expect("find"),
+        Some(DeviceMatch::Current(a1.clone()))
+    );
+    // A second device with the same token hash cannot exist.
+    assert!(store
+        .insert_device(&device(&id("dup"), &bob, &h("1"), now))
+        .await
+        .is_err());
+
+    // Rotation: the current hash becomes the previous one.
+    assert!(store
+        .rotate_device(&a1.id, &h("1"), &h("1b"), now + 10)
+        .await
+        .expect("rotate"));
+    let rotated = DeviceRecord {
+        token_hash: h("1b"),
+        previous_hash: Some(h("1")),
+        last_used_at: Some(now + 10),
+        ..a1.clone()
+    };
+    assert_eq!(
+        store.find_device(&h("1b")).await.expect("find"),
+        Some(DeviceMatch::Current(rotated.clone()))
+    );
+    assert_eq!(
+        store.find_device(&h("1")).await.expect("find"),
+        Some(DeviceMatch::Previous(rotated.clone()))
+    );
+    // The old hash no longer rotates anything; nor does another device's id.
+    assert!(!store
+        .rotate_device(&a1.id, &h("1"), &h("1c"), now + 11)
+        .await
+        .expect("stale rotate"));
+    assert!(!store
+        .rotate_device(&a2.id, &h("1b"), &h("1c"), now + 11)
+        .await
+        .expect("wrong id"));
+    // One generation back only.
+    assert!(store
+        .rotate_device(&a1.id, &h("1b"), &h("1c"), now + 12)
+        .await
+        .expect("rotate again"));
+    assert_eq!(store.find_device(&h("1")).await.expect("find"), None);
+    assert!(matches!(
+        store.find_device(&h("1b")).await.expect("find"),
+        Some(DeviceMatch::Previous(_))
+    ));
+
+    // Thirty uses of one token at once: exactly one rotates it.
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let store = store.clone();
+            let (dev, old, new) = (a2.id.clone(), h("2"), h(&format!("2-{i}")));
+            tokio::spawn(async move { store.rotate_device(&dev, &old, &new, now + 20).await })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        if t.await.expect("join").expect("rotate") {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "exactly one concurrent rotation wins");
+    match store.find_device(&h("2")).await.expect("find") {
+        Some(DeviceMatch::Previous(d)) => assert_eq!(d.id, a2.id),
+        other => panic!("the old hash is the previous one: {other:?}"),
+    }
+
+    // Deleting is per subject: bob cannot delete alice's device.
+    assert!(!store.delete_device(&bob, &a1.id).await.expect("delete"));
+    assert!(store.delete_device(&alice, &a1.id).await.expect("delete"));
+    assert!(!store.delete_device(&alice, &a1.id).await.expect("again"));
+    assert_eq!(store.find_device(&h("1c")).await.expect("find"), None);
+    assert_eq!(store.delete_devices(&alice).await.expect("delete all"), 1);
+    assert!(store.devices(&alice).await.expect("list").is_empty());
+    assert_eq!(store.devices(&bob).await.expect("list"), vec![b1.clone()]);
+    assert_eq!(store.delete_devices(&alice).await.expect("none left"), 0);
+    assert_eq!(store.delete_devices(&bob).await.expect("bob"), 1);
+}
+
+/// A profile store's devices go with `reset_user`, and only the user's.
+pub async fn reset_revokes_devices(store: Arc<dyn ProfileStore>, ns: &str) {
+    let now = 1_700_000_000;
+    let carol = format!("{ns}-carol");
+    let dave = format!("{ns}-dave");
+    store.migrate().await.expect("migrate");
+    for (i, sub) in [&carol, &carol, &dave].into_iter().enumerate() {
+        store
+            .insert_device(&device(
+                &format!("{ns}-r{i}"),
+                sub,
+                &format!("{ns}-rh{i}"),
+                now,
+            ))
+            .await
+            .expect("insert");
+    }
+    let report = store.reset_user(&carol).await.expect("reset");
+    assert_eq!(report.remembered_devices, 2, "{report:?}");
+    assert!(store.devices(&carol).await.expect("list").is_empty());
+    assert_eq!(store.devices(&dave).await.expect("list").len(), 1);
+}
+
 /// The in-process implementations, on a manual clock.
 mod embedded {
     use std::sync::Arc;
@@ -699,7 +841,15 @@ mod embedded {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = Arc::new(SqliteProfileStore::new(&url).expect("sqlite store"));
-        super::profile_store(store, "sqlite").await;
+        super::profile_store(store.clone(), "sqlite").await;
+        super::device_store(store.clone(), "sqlite").await;
+        super::reset_revokes_devices(store, "sqlite").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_device_store_conforms() {
+        let store = Arc::new(twofa_authz::store::memory::MemoryDeviceStore::new());
+        super::device_store(store, "mem").await;
     }
 
     #[tokio::test]

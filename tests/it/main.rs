@@ -31,6 +31,7 @@ mod conformance;
 mod decisions;
 mod deploy_envoy;
 mod dev_walkthrough;
+mod devices;
 mod dry_run;
 mod forward_auth;
 mod harness;

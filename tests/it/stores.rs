@@ -75,6 +75,8 @@ async fn postgres_profile_store_conforms() {
     let url = create_database(&pg).await;
     let store = Arc::new(PostgresProfileStore::new(&url, None, 8).unwrap());
     conformance::profile_store(store.clone(), "pg").await;
+    conformance::device_store(store.clone(), "pg").await;
+    conformance::reset_revokes_devices(store.clone(), "pg").await;
 
     // The schema is versioned and the tables are the contract's.
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -93,6 +95,7 @@ async fn postgres_profile_store_conforms() {
         "totp_last_step",
         "recovery_code",
         "factor_failure",
+        "remembered_device",
     ] {
         client
             .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])

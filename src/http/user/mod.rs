@@ -1,9 +1,11 @@
 //! The `/user` API of INTERFACE.md section 5: profiles and contacts
-//! (`profile`), codes by email and SMS (`otp`), TOTP (`totp`) and recovery
-//! codes (`recovery`). Every route needs a valid bearer token ([`Auth`]);
-//! the profile belongs to the token's `sub`. Handlers parse, call the
-//! factor service (`factor::Factors`), render.
+//! (`profile`), codes by email and SMS (`otp`), TOTP (`totp`), recovery
+//! codes (`recovery`) and remembered devices (`devices`). Every route needs
+//! a valid bearer token ([`Auth`]); the profile belongs to the token's
+//! `sub`. Handlers parse, call the factor service (`factor::Factors`),
+//! render.
 
+mod devices;
 mod otp;
 mod profile;
 mod recovery;
@@ -39,6 +41,10 @@ pub use crate::factor::contact::{normalize_email, normalize_mobile};
     totp::remove,
     recovery::verify,
     recovery::regenerate,
+    devices::remember,
+    devices::list,
+    devices::forget,
+    devices::verify,
 ))]
 pub struct UserApi;
 
@@ -57,6 +63,12 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/user/totp", delete(totp::remove))
         .route("/user/verify-recovery-code", post(recovery::verify))
         .route("/user/recovery-codes", post(recovery::regenerate))
+        .route(
+            "/user/remembered-devices",
+            post(devices::remember).get(devices::list),
+        )
+        .route("/user/remembered-devices/{id}", delete(devices::forget))
+        .route("/user/verify-device", post(devices::verify))
 }
 
 /// The validated access token of the request. Rejections are those of the
