@@ -28,6 +28,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
+use crate::audit::Audit;
 use crate::authz::Authorizer;
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -78,6 +79,8 @@ pub struct AppState {
     /// Argon2id hashing of recovery codes, a few at a time with bounded
     /// memory (`factor::hashing`).
     pub hashing: Arc<HashPool>,
+    /// Audit events: the log line and the webhook queue.
+    pub audit: Arc<Audit>,
 }
 
 /// What `/readyz` and gRPC health report (INTERFACE.md section 5): each
@@ -224,6 +227,12 @@ impl AppState {
                 .map_err(|e| format!("security.encryption_keys: {e}"))?,
         );
         let hashing = Arc::new(HashPool::for_host()?);
+        let audit = Arc::new(Audit::from_config(
+            &cfg.audit,
+            http.clone(),
+            clock.clone(),
+            &metrics,
+        ));
         let factors = Arc::new(Factors::new(
             Ports {
                 ephemeral: ephemeral.clone(),
@@ -234,6 +243,7 @@ impl AppState {
                 directory: keycloak_admin.clone().map(|a| a as Arc<dyn Directory>),
                 metrics: metrics.clone(),
                 hashing: hashing.clone(),
+                audit: audit.clone(),
                 clock: clock.clone(),
             },
             Settings {
@@ -266,6 +276,7 @@ impl AppState {
             keycloak_admin,
             factors,
             hashing,
+            audit,
         }))
     }
 
@@ -315,6 +326,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
     state.authz.validator().jwks().spawn_refresher(rx.clone());
+    state.audit.start();
     prepare_redis(&state).await?;
     if let Some(cache) = &state.session_cache {
         cache.start(rx.clone());
@@ -383,6 +395,10 @@ pub async fn run(
         (g, h, m)
     })
     .await;
+    state
+        .audit
+        .close(state.cfg.audit.webhook_timeout.get())
+        .await;
     match drained {
         Ok((Ok(Ok(())), Ok(Ok(())), Ok(Ok(())))) => Ok(()),
         Ok((g, h, m)) => Err(anyhow::anyhow!(
@@ -425,7 +441,7 @@ async fn serve_http(
         let stream = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: the process is out of descriptors
                     // for a moment; spinning on accept would not help.
@@ -435,11 +451,16 @@ async fn serve_http(
                 }
             },
         };
+        let (stream, peer) = stream;
         // Check responses are tiny; Nagle would add latency to each.
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(FirstBytesDeadline::new(stream));
+        let svc = WithPeer {
+            inner: app.clone(),
+            peer: peer.ip(),
+        };
         let conn = builder
-            .serve_connection_with_upgrades(io, TowerToHyperService::new(app.clone()))
+            .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -453,6 +474,31 @@ async fn serve_http(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The connection's peer for audit events ([`crate::audit::RequestMeta`]),
+/// around each request's future: nothing allocated, HTTP/2 streams included.
+#[derive(Clone)]
+struct WithPeer<S> {
+    inner: S,
+    peer: std::net::IpAddr,
+}
+
+impl<S, R> tower::Service<R> for WithPeer<S>
+where
+    S: tower::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tokio::task::futures::TaskLocalFuture<std::net::IpAddr, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        crate::audit::with_peer(self.peer, self.inner.call(req))
+    }
 }
 
 /// hyper's HTTP/1 head timer starts only once the connection is known to be

@@ -779,6 +779,23 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         }
     }
 
+    if let Some(u) = &c.audit.webhook_url {
+        check_http_url("audit.webhook_url", u)?;
+    }
+    if !(1..=1_000_000).contains(&c.audit.queue_capacity) {
+        return Err(ConfigError::new(
+            "audit.queue_capacity",
+            "must be between 1 and 1000000",
+        ));
+    }
+    let t = c.audit.webhook_timeout.get();
+    if t.is_zero() || t > std::time::Duration::from_secs(60) {
+        return Err(ConfigError::new(
+            "audit.webhook_timeout",
+            "must be more than 0 and at most 60s",
+        ));
+    }
+
     if !["text", "json"].contains(&c.log.format.as_str()) {
         return Err(ConfigError::new(
             "log.format",

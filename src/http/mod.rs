@@ -96,6 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     // does not take gets a problem (axum adds `Allow`), not a bare 405.
     r.method_not_allowed_fallback(method_not_allowed)
         .fallback(|| async { Error::NotFound })
+        .layer(axum::middleware::from_fn(request_meta))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -145,6 +146,14 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         .with_label_values(&[method, route])
         .observe(start.elapsed().as_secs_f64());
     resp
+}
+
+/// What audit events say about the client ([`crate::audit::RequestMeta`]),
+/// visible to the services for the rest of the request. Header values are
+/// shared, not copied: most requests (every Check) write no event.
+async fn request_meta(req: Request, next: Next) -> Response {
+    let meta = crate::audit::RequestMeta::from_headers(req.headers());
+    meta.scope(next.run(req)).await
 }
 
 /// The method as a bounded label: the usual ones by name, anything else
