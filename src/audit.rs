@@ -90,7 +90,7 @@ impl Event {
     /// The token's subject and session, hashed.
     pub fn identity(self, id: &Identity) -> Self {
         let sid = id.sid().map(|s| sid_hash(id.iss(), s));
-        self.hashes(Some(id.subject_key().to_string()), sid)
+        self.hashes(Some(id.subject_key().as_str().to_owned()), sid)
     }
 
     /// `subject_hash` is `token::subject_hash(iss, sub)`, `sid_hash`
@@ -290,11 +290,10 @@ impl Audit {
     pub fn start(&self) {
         let Some(q) = &self.queue else { return };
         let mut w = q.worker.lock();
-        if let Worker::Idle { .. } = &*w {
-            if let Worker::Idle { rx, post } = std::mem::replace(&mut *w, Worker::Stopped) {
-                *w = Worker::Running(tokio::spawn(deliver(rx, post)));
-            }
-        }
+        *w = match std::mem::replace(&mut *w, Worker::Stopped) {
+            Worker::Idle { rx, post } => Worker::Running(tokio::spawn(deliver(rx, post))),
+            other => other,
+        };
     }
 
     /// Stops taking events and gives the webhook up to `within` for those
@@ -363,7 +362,10 @@ async fn deliver(mut rx: mpsc::Receiver<String>, p: Post) {
             Ok(resp) if resp.status().is_success() => {}
             Ok(resp) => {
                 p.failures.inc();
-                tracing::warn!(status = resp.status().as_u16(), "audit webhook refused an event");
+                tracing::warn!(
+                    status = resp.status().as_u16(),
+                    "audit webhook refused an event"
+                );
             }
             Err(e) => {
                 p.failures.inc();

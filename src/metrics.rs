@@ -399,6 +399,26 @@ mod tests {
         }
     }
 
+    /// The audit delivery counters are exported at 0 before the first event.
+    #[test]
+    fn audit_counters_are_exported() {
+        let m = Metrics::new().expect("metrics");
+        let text = m.render();
+        for name in [
+            "twofa_audit_dropped_total",
+            "twofa_audit_webhook_failures_total",
+        ] {
+            assert_eq!(
+                sample(&text, &format!("{name} ")),
+                Some(0.0),
+                "{name} in\n{text}"
+            );
+        }
+        m.audit_dropped.inc();
+        let text = m.render();
+        assert_eq!(sample(&text, "twofa_audit_dropped_total "), Some(1.0));
+    }
+
     /// One family per measure for both caches, exported at 0 before use.
     #[test]
     fn cache_counters_share_one_family_per_measure() {

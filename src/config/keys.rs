@@ -9,8 +9,8 @@
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::{
-    AuditConfig, CacheConfig, Config, EmailConfig, KeycloakConfig, LogConfig, PolicyConfig, SecurityConfig,
-    ServerConfig, SmsConfig, StorageConfig, TotpConfig, UiConfig,
+    AuditConfig, CacheConfig, Config, EmailConfig, KeycloakConfig, LogConfig, PolicyConfig,
+    SecurityConfig, ServerConfig, SmsConfig, StorageConfig, TotpConfig, UiConfig,
 };
 
 /// The environment variable that names the configuration file; not a key.

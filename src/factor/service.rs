@@ -254,7 +254,8 @@ impl Factors {
         if !self.profiles.create_profile(&p).await? {
             return Err(Error::ProfileExists);
         }
-        self.audit.emit(Event::new(Kind::ProfileCreated).identity(id));
+        self.audit
+            .emit(Event::new(Kind::ProfileCreated).identity(id));
         Ok(p)
     }
 
@@ -592,8 +593,11 @@ impl Factors {
         self.mark_verified(id, Factor::Totp).await?;
         if codes.is_some() {
             tracing::info!("TOTP enrolled");
-            self.audit
-                .emit(Event::new(Kind::TotpEnrolled).identity(id).field("method", "totp"));
+            self.audit.emit(
+                Event::new(Kind::TotpEnrolled)
+                    .identity(id)
+                    .field("method", "totp"),
+            );
             self.notify(id, recipients(&p, id), Notice::TotpEnrolled)
                 .await;
         }
@@ -642,8 +646,11 @@ impl Factors {
         }
         let _ = t::clear_pending(self.eph.as_ref(), &id.subject_key()).await;
         tracing::info!("TOTP removed");
-        self.audit
-            .emit(Event::new(Kind::TotpRemoved).identity(id).field("method", "totp"));
+        self.audit.emit(
+            Event::new(Kind::TotpRemoved)
+                .identity(id)
+                .field("method", "totp"),
+        );
         self.notify(id, recipients(&p, id), Notice::TotpRemoved)
             .await;
         Ok(())

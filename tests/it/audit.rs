@@ -126,7 +126,7 @@ const USER_AGENT: &str = "audit-test/1.0 (\"quoted\")";
 
 /// The events of one step, in any order: (name, outcome, extra fields).
 #[track_caller]
-fn expect_events(got: &[Value], want: &[(&str, &str, Value)], token: Option<&Token>, rid: &str) {
+fn expect_events(got: &[Value], want: &[(&str, &str, Value)], token: &Token, rid: &str) {
     let mut names: Vec<&str> = got.iter().map(|e| e["event"].as_str().unwrap()).collect();
     let mut wanted: Vec<&str> = want.iter().map(|(n, _, _)| *n).collect();
     names.sort_unstable();
@@ -143,18 +143,16 @@ fn expect_events(got: &[Value], want: &[(&str, &str, Value)], token: Option<&Tok
             time.len() == 20 && time.ends_with('Z') && &time[10..11] == "T",
             "RFC 3339 time: {e}"
         );
-        match token {
-            Some(t) => {
-                assert_eq!(e["subject_hash"], subject_hash(t), "{e}");
-                assert_eq!(e["sid_hash"], sid_hash(t), "{e}");
-            }
-            None => {}
-        }
+        assert_eq!(e["subject_hash"], subject_hash(token), "{e}");
+        assert_eq!(e["sid_hash"], sid_hash(token), "{e}");
         if rid.is_empty() {
             // The request did not come with metadata: the peer.
             assert_eq!(e["client_ip"], "127.0.0.1", "{e}");
         } else {
-            assert_eq!(e["client_ip"], "203.0.113.9", "first X-Forwarded-For hop: {e}");
+            assert_eq!(
+                e["client_ip"], "203.0.113.9",
+                "first X-Forwarded-For hop: {e}"
+            );
             assert_eq!(e["user_agent"], USER_AGENT, "{e}");
             assert_eq!(e["request_id"], rid, "{e}");
         }
@@ -168,7 +166,14 @@ fn expect_events(got: &[Value], want: &[(&str, &str, Value)], token: Option<&Tok
 
 /// A `/user` request as a proxy forwards it: X-Forwarded-For (client first),
 /// User-Agent, X-Request-Id.
-async fn call(u: &UserStack, method: &str, path: &str, t: &Token, body: Value, rid: &str) -> Response {
+async fn call(
+    u: &UserStack,
+    method: &str,
+    path: &str,
+    t: &Token,
+    body: Value,
+    rid: &str,
+) -> Response {
     let mut r = u
         .req(method, path, t)
         .header("X-Forwarded-For", "203.0.113.9, 10.1.2.3")
@@ -217,7 +222,12 @@ async fn every_flow_writes_its_event_once_to_the_log_and_the_webhook() {
     let r = call(&u, "POST", "/user", &a1, Value::Null, "rid-profile").await;
     u.expect(&r, 201, "POST /user");
     let e = sink.next(1, "profile").await;
-    expect_events(&e, &[("profile_created", "success", json!({}))], Some(&a1), "rid-profile");
+    expect_events(
+        &e,
+        &[("profile_created", "success", json!({}))],
+        &a1,
+        "rid-profile",
+    );
 
     // factor_passed (email), without request metadata: the peer's address.
     let r = u.send_otp(&a1, "email").await;
@@ -230,7 +240,7 @@ async fn every_flow_writes_its_event_once_to_the_log_and_the_webhook() {
     expect_events(
         &e,
         &[("factor_passed", "success", json!({"method": "email"}))],
-        Some(&a1),
+        &a1,
         "",
     );
     // The next code would be "too soon" (`security.otp_resend_interval`).
@@ -238,13 +248,25 @@ async fn every_flow_writes_its_event_once_to_the_log_and_the_webhook() {
 
     // contact_change_requested, contact_change_confirmed
     let new_email = "alice.audit@example.com";
-    let r = call(&u, "PATCH", "/user", &a1, json!({"email": new_email}), "rid-patch").await;
+    let r = call(
+        &u,
+        "PATCH",
+        "/user",
+        &a1,
+        json!({"email": new_email}),
+        "rid-patch",
+    )
+    .await;
     u.expect(&r, 202, "PATCH email");
     let e = sink.next(1, "contact change").await;
     expect_events(
         &e,
-        &[("contact_change_requested", "success", json!({"channel": "email"}))],
-        Some(&a1),
+        &[(
+            "contact_change_requested",
+            "success",
+            json!({"channel": "email"}),
+        )],
+        &a1,
         "rid-patch",
     );
     let code = u.smtp.wait_for(new_email, 1).await.code();
@@ -255,13 +277,25 @@ async fn every_flow_writes_its_event_once_to_the_log_and_the_webhook() {
     let e = sink.next(1, "contact confirmed").await;
     expect_events(
         &e,
-        &[("contact_change_confirmed", "success", json!({"channel": "email"}))],
-        Some(&a1),
+        &[(
+            "contact_change_confirmed",
+            "success",
+            json!({"channel": "email"}),
+        )],
+        &a1,
         "rid-confirm",
     );
 
     // TOTP enrollment: codes generated, the factor passed, TOTP enrolled.
-    let r = call(&u, "POST", "/user/generate-totp", &a1, Value::Null, "rid-gen").await;
+    let r = call(
+        &u,
+        "POST",
+        "/user/generate-totp",
+        &a1,
+        Value::Null,
+        "rid-gen",
+    )
+    .await;
     u.expect(&r, 201, "generate-totp");
     let g = r.json();
     secrets.push(g["secret"].as_str().unwrap().to_owned());
@@ -282,11 +316,15 @@ async fn every_flow_writes_its_event_once_to_the_log_and_the_webhook() {
     expect_events(
         &e,
         &[
-            ("recovery_codes_generated", "success", json!({"count": codes.len()})),
+            (
+                "recovery_codes_generated",
+                "success",
+                json!({"count": codes.len()}),
+            ),
             ("factor_passed", "success", json!({"method": "totp"})),
             ("totp_enrolled", "success", json!({})),
         ],
-        Some(&a1),
+        &a1,
         "rid-enroll",
     );
 
@@ -294,21 +332,41 @@ async fn every_flow_writes_its_event_once_to_the_log_and_the_webhook() {
     let a2 = u.other_session(&a1);
     secrets.push(a2.jwt.clone());
     let body = json!({"code": codes[0]});
-    let r = call(&u, "POST", "/user/verify-recovery-code", &a2, body, "rid-rec").await;
+    let r = call(
+        &u,
+        "POST",
+        "/user/verify-recovery-code",
+        &a2,
+        body,
+        "rid-rec",
+    )
+    .await;
     u.expect(&r, 200, "verify-recovery-code");
     let e = sink.next(2, "recovery code").await;
     expect_events(
         &e,
         &[
-            ("recovery_code_used", "success", json!({"remaining": codes.len() - 1})),
+            (
+                "recovery_code_used",
+                "success",
+                json!({"remaining": codes.len() - 1}),
+            ),
             ("factor_passed", "success", json!({"method": "recovery"})),
         ],
-        Some(&a2),
+        &a2,
         "rid-rec",
     );
 
     // Regenerated codes, then TOTP removed.
-    let r = call(&u, "POST", "/user/recovery-codes", &a2, Value::Null, "rid-regen").await;
+    let r = call(
+        &u,
+        "POST",
+        "/user/recovery-codes",
+        &a2,
+        Value::Null,
+        "rid-regen",
+    )
+    .await;
     u.expect(&r, 201, "recovery-codes");
     for c in r.json()["recovery_codes"].as_array().unwrap() {
         secrets.push(c.as_str().unwrap().to_owned());
@@ -316,14 +374,23 @@ async fn every_flow_writes_its_event_once_to_the_log_and_the_webhook() {
     let e = sink.next(1, "regenerated").await;
     expect_events(
         &e,
-        &[("recovery_codes_generated", "success", json!({"count": codes.len()}))],
-        Some(&a2),
+        &[(
+            "recovery_codes_generated",
+            "success",
+            json!({"count": codes.len()}),
+        )],
+        &a2,
         "rid-regen",
     );
     let r = call(&u, "DELETE", "/user/totp", &a2, Value::Null, "rid-del").await;
     u.expect(&r, 204, "DELETE /user/totp");
     let e = sink.next(1, "TOTP removed").await;
-    expect_events(&e, &[("totp_removed", "success", json!({}))], Some(&a2), "rid-del");
+    expect_events(
+        &e,
+        &[("totp_removed", "success", json!({}))],
+        &a2,
+        "rid-del",
+    );
 
     // factor_passed (sms)
     let a3 = u.other_session(&a1);
@@ -339,7 +406,7 @@ async fn every_flow_writes_its_event_once_to_the_log_and_the_webhook() {
     expect_events(
         &e,
         &[("factor_passed", "success", json!({"method": "sms"}))],
-        Some(&a3),
+        &a3,
         "rid-sms",
     );
 
@@ -353,23 +420,51 @@ async fn every_flow_writes_its_event_once_to_the_log_and_the_webhook() {
     u.expect(&r, 201, "POST /user carol");
     sink.next(1, "carol's profile").await;
     let wrong = json!({"code": "AAAA-BBBB-CCCC-DDDD-EEEE"});
-    let r = call(&u, "POST", "/user/verify-recovery-code", &c1, wrong.clone(), "rid-w1").await;
+    let r = call(
+        &u,
+        "POST",
+        "/user/verify-recovery-code",
+        &c1,
+        wrong.clone(),
+        "rid-w1",
+    )
+    .await;
     u.expect(&r, 400, "first wrong code");
     sink.next(0, "a wrong code").await;
-    let r = call(&u, "POST", "/user/verify-recovery-code", &c1, wrong.clone(), "rid-w2").await;
+    let r = call(
+        &u,
+        "POST",
+        "/user/verify-recovery-code",
+        &c1,
+        wrong.clone(),
+        "rid-w2",
+    )
+    .await;
     u.expect(&r, 429, "second wrong code");
     let e = sink.next(1, "lockout").await;
     expect_events(
         &e,
-        &[("lockout", "failure", json!({"method": "recovery", "lockout_seconds": 1}))],
-        Some(&c1),
+        &[(
+            "lockout",
+            "failure",
+            json!({"method": "recovery", "lockout_seconds": 1}),
+        )],
+        &c1,
         "rid-w2",
     );
     // Refused unchecked (429, no event) until the lockout lapses.
     let deadline = Instant::now() + Duration::from_secs(5);
     let r = loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let r = call(&u, "POST", "/user/verify-recovery-code", &c1, wrong.clone(), "rid-w3").await;
+        let r = call(
+            &u,
+            "POST",
+            "/user/verify-recovery-code",
+            &c1,
+            wrong.clone(),
+            "rid-w3",
+        )
+        .await;
         if r.status != 429 || Instant::now() > deadline {
             break r;
         }
@@ -379,10 +474,18 @@ async fn every_flow_writes_its_event_once_to_the_log_and_the_webhook() {
     expect_events(
         &e,
         &[("factor_locked", "failure", json!({"method": "recovery"}))],
-        Some(&c1),
+        &c1,
         "rid-w3",
     );
-    let r = call(&u, "POST", "/user/verify-recovery-code", &c1, wrong, "rid-w4").await;
+    let r = call(
+        &u,
+        "POST",
+        "/user/verify-recovery-code",
+        &c1,
+        wrong,
+        "rid-w4",
+    )
+    .await;
     u.expect(&r, 423, "refused while locked");
     sink.next(0, "a refusal while locked").await;
 
@@ -413,7 +516,10 @@ async fn every_flow_writes_its_event_once_to_the_log_and_the_webhook() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         logged = logged_events(&u.stack.app.log());
     }
-    assert_eq!(logged, posted, "the log's audit lines are the webhook's bodies");
+    assert_eq!(
+        logged, posted,
+        "the log's audit lines are the webhook's bodies"
+    );
 
     // reset-user: from the command, without request metadata.
     let out = u.reset_user(c1.sub());
@@ -433,18 +539,29 @@ async fn every_flow_writes_its_event_once_to_the_log_and_the_webhook() {
     );
 
     // Hashes only: no token, sub, sid, contact, code or secret anywhere.
-    let contacts = ["alice@example.com", new_email, ALICE_MOBILE, "carol@example.com"];
+    let contacts = [
+        "alice@example.com",
+        new_email,
+        ALICE_MOBILE,
+        "carol@example.com",
+    ];
     for body in sink.all() {
         for s in secrets.iter().map(String::as_str).chain(contacts) {
             assert!(!body.contains(s), "{s:?} in clear in {body}");
         }
         let v: Value = serde_json::from_str(&body).unwrap();
-        let Value::Object(m) = v else { panic!("{body}") };
+        let Value::Object(m) = v else {
+            panic!("{body}")
+        };
         for f in FIELDS {
             assert!(m.contains_key(f), "{f} in {body}");
         }
     }
-    assert!(sink.state.violations.lock().is_empty(), "{:?}", sink.state.violations.lock());
+    assert!(
+        sink.state.violations.lock().is_empty(),
+        "{:?}",
+        sink.state.violations.lock()
+    );
     let m = u.metrics().await;
     assert!(m.contains("twofa_audit_dropped_total 0"), "{m}");
     assert!(m.contains("twofa_audit_webhook_failures_total 0"), "{m}");
@@ -498,8 +615,14 @@ async fn a_dead_webhook_neither_blocks_nor_slows_requests() {
         assert_eq!(r.status, 201, "{}", stack.explain("POST /user", &r));
     }
     // A request that waited for the webhook would take its 60 s.
-    assert!(slowest < Duration::from_secs(2), "slowest request {slowest:?}");
-    let m = http::get(stack.app.http_addr(), "/metrics").send().await.text();
+    assert!(
+        slowest < Duration::from_secs(2),
+        "slowest request {slowest:?}"
+    );
+    let m = http::get(stack.app.http_addr(), "/metrics")
+        .send()
+        .await
+        .text();
     // One event is on its way (the POST that never ends), two wait in the
     // queue; every other one was dropped, and counted.
     let dropped = sample(&m, "twofa_audit_dropped_total ");
@@ -532,7 +655,11 @@ async fn a_dead_webhook_neither_blocks_nor_slows_requests() {
 async fn a_refused_webhook_counts_failures() {
     let port = crate::support::ports::free_port();
     let stack = Stack::start_with(None, |c| {
-        c.set_str("audit", "webhook_url", &format!("http://127.0.0.1:{port}/audit"));
+        c.set_str(
+            "audit",
+            "webhook_url",
+            &format!("http://127.0.0.1:{port}/audit"),
+        );
     })
     .await;
     for i in 0..3 {
@@ -545,7 +672,10 @@ async fn a_refused_webhook_counts_failures() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let m = http::get(stack.app.http_addr(), "/metrics").send().await.text();
+        let m = http::get(stack.app.http_addr(), "/metrics")
+            .send()
+            .await
+            .text();
         let failures = sample(&m, "twofa_audit_webhook_failures_total ");
         if failures == 3.0 {
             assert_eq!(sample(&m, "twofa_audit_dropped_total "), 0.0, "{m}");
