@@ -599,7 +599,9 @@ async fn a_dead_webhook_neither_blocks_nor_slows_requests() {
     let stack = Stack::start_with(None, |c| {
         c.set_str("audit", "webhook_url", &format!("http://{addr}/audit"))
             .set("audit", "queue_capacity", "2")
-            .set_str("audit", "webhook_timeout", "60s");
+            .set_str("audit", "webhook_timeout", "60s")
+            // Audit lines are written whatever the level.
+            .set_str("log", "level", "warn");
     })
     .await;
     const USERS: usize = 12;
@@ -638,6 +640,10 @@ async fn a_dead_webhook_neither_blocks_nor_slows_requests() {
         .filter(|l| l.contains(" audit: {") && l.contains("\"event\":\"profile_created\""))
         .collect();
     assert_eq!(lines.len(), USERS, "{log}");
+    assert!(
+        !log.contains(" INFO twofa_authz"),
+        "log.level = warn still applies to the rest: {log}"
+    );
     for l in lines {
         let json = &l[l.find(" audit: ").unwrap() + 8..];
         let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {l}"));
