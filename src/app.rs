@@ -455,10 +455,7 @@ async fn serve_http(
         // Check responses are tiny; Nagle would add latency to each.
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(FirstBytesDeadline::new(stream));
-        let svc = WithPeer {
-            inner: app.clone(),
-            peer: peer.ip(),
-        };
+        let svc = crate::http::WithRequestMeta::new(app.clone(), peer.ip());
         let conn = builder
             .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
             .into_owned();
@@ -474,31 +471,6 @@ async fn serve_http(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
-}
-
-/// The connection's peer for audit events ([`crate::audit::RequestMeta`]),
-/// around each request's future: nothing allocated, HTTP/2 streams included.
-#[derive(Clone)]
-struct WithPeer<S> {
-    inner: S,
-    peer: std::net::IpAddr,
-}
-
-impl<S, R> tower::Service<R> for WithPeer<S>
-where
-    S: tower::Service<R>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = tokio::task::futures::TaskLocalFuture<std::net::IpAddr, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: R) -> Self::Future {
-        crate::audit::with_peer(self.peer, self.inner.call(req))
-    }
 }
 
 /// hyper's HTTP/1 head timer starts only once the connection is known to be

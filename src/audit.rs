@@ -146,25 +146,27 @@ pub struct RequestMeta {
 
 tokio::task_local! {
     static META: RequestMeta;
-    static PEER: IpAddr;
 }
 
 impl RequestMeta {
-    /// From the request's headers and the connection's peer (when the
-    /// listener set one, see [`with_peer`]).
-    pub fn from_headers(h: &HeaderMap) -> Self {
+    /// From the request's headers and the connection's peer.
+    pub fn from_headers(h: &HeaderMap, peer: Option<IpAddr>) -> Self {
         Self {
             forwarded_for: h.get("x-forwarded-for").cloned(),
             real_ip: h.get("x-real-ip").cloned(),
             user_agent: h.get(USER_AGENT).cloned(),
             request_id: h.get("x-request-id").cloned(),
-            peer: PEER.try_with(|p| *p).ok(),
+            peer,
         }
     }
 
-    /// Runs `f` with this metadata visible to [`Audit::emit`].
-    pub async fn scope<F: std::future::Future>(self, f: F) -> F::Output {
-        META.scope(self, f).await
+    /// Runs `f` (one request) with this metadata visible to
+    /// [`Audit::emit`]; wraps the future, allocates nothing.
+    pub fn scope<F: std::future::Future>(
+        self,
+        f: F,
+    ) -> tokio::task::futures::TaskLocalFuture<RequestMeta, F> {
+        META.scope(self, f)
     }
 
     /// `X-Forwarded-For`'s first hop, else `X-Real-IP`, else the peer; only
@@ -194,15 +196,6 @@ impl RequestMeta {
     fn request_id(&self) -> Option<String> {
         bounded(self.request_id.as_ref(), MAX_REQUEST_ID)
     }
-}
-
-/// Runs `f` (one request on a connection from `peer`) with the peer visible
-/// to [`RequestMeta::from_headers`]; wraps the future, allocates nothing.
-pub fn with_peer<F: std::future::Future>(
-    peer: IpAddr,
-    f: F,
-) -> tokio::task::futures::TaskLocalFuture<IpAddr, F> {
-    PEER.scope(peer, f)
 }
 
 fn parse_ip(s: &str) -> Option<IpAddr> {
@@ -312,17 +305,18 @@ impl Audit {
 
     /// Stamps the event (time, request metadata), logs it and queues it.
     pub fn emit(&self, e: Event) {
-        let meta = META.try_with(|m| m.clone()).ok();
-        let meta = meta.as_ref();
+        let (client_ip, user_agent, request_id) = META
+            .try_with(|m| (m.client_ip(), m.user_agent(), m.request_id()))
+            .unwrap_or_default();
         let line = Line {
             time: rfc3339(self.clock.now()),
             event: e.kind.as_str(),
             outcome: e.outcome,
             subject_hash: e.subject_hash.as_deref(),
             sid_hash: e.sid_hash.as_deref(),
-            client_ip: meta.and_then(RequestMeta::client_ip),
-            user_agent: meta.and_then(RequestMeta::user_agent),
-            request_id: meta.and_then(RequestMeta::request_id),
+            client_ip,
+            user_agent,
+            request_id,
             extra: &e.extra,
         };
         let json = match serde_json::to_string(&line) {
@@ -432,18 +426,18 @@ mod tests {
         h.insert("x-forwarded-for", "203.0.113.7, 10.0.0.1".parse().unwrap());
         h.insert("x-real-ip", "198.51.100.2".parse().unwrap());
         assert_eq!(
-            RequestMeta::from_headers(&h).client_ip().as_deref(),
+            RequestMeta::from_headers(&h, None).client_ip().as_deref(),
             Some("203.0.113.7")
         );
         h.insert("x-forwarded-for", "not an address".parse().unwrap());
         assert_eq!(
-            RequestMeta::from_headers(&h).client_ip().as_deref(),
+            RequestMeta::from_headers(&h, None).client_ip().as_deref(),
             Some("198.51.100.2")
         );
         h.remove("x-real-ip");
         h.insert("x-forwarded-for", "[2001:db8::1]:443".parse().unwrap());
         assert_eq!(
-            RequestMeta::from_headers(&h).client_ip().as_deref(),
+            RequestMeta::from_headers(&h, None).client_ip().as_deref(),
             Some("2001:db8::1")
         );
         assert_eq!(RequestMeta::default().client_ip(), None);
@@ -453,7 +447,7 @@ mod tests {
     fn user_agent_is_bounded() {
         let mut h = HeaderMap::new();
         h.insert(USER_AGENT, "x".repeat(1000).parse().unwrap());
-        let m = RequestMeta::from_headers(&h);
+        let m = RequestMeta::from_headers(&h, None);
         assert_eq!(m.user_agent().map(|s| s.len()), Some(MAX_USER_AGENT));
     }
 }

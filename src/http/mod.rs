@@ -96,7 +96,6 @@ pub fn router(state: Arc<AppState>) -> Router {
     // does not take gets a problem (axum adds `Allow`), not a bare 405.
     r.method_not_allowed_fallback(method_not_allowed)
         .fallback(|| async { Error::NotFound })
-        .layer(axum::middleware::from_fn(request_meta))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -148,12 +147,42 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     resp
 }
 
-/// What audit events say about the client ([`crate::audit::RequestMeta`]),
-/// visible to the services for the rest of the request. Header values are
+/// The listener's outermost layer: what audit events say about the client
+/// ([`crate::audit::RequestMeta`]: its headers and the connection's peer),
+/// visible to the services for the rest of each request. A tower service
+/// rather than axum middleware, so that nothing is boxed; header values are
 /// shared, not copied: most requests (every Check) write no event.
-async fn request_meta(req: Request, next: Next) -> Response {
-    let meta = crate::audit::RequestMeta::from_headers(req.headers());
-    meta.scope(next.run(req)).await
+#[derive(Clone)]
+pub struct WithRequestMeta<S> {
+    inner: S,
+    peer: std::net::IpAddr,
+}
+
+impl<S> WithRequestMeta<S> {
+    pub fn new(inner: S, peer: std::net::IpAddr) -> Self {
+        Self { inner, peer }
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for WithRequestMeta<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tokio::task::futures::TaskLocalFuture<crate::audit::RequestMeta, S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let meta = crate::audit::RequestMeta::from_headers(req.headers(), Some(self.peer));
+        meta.scope(self.inner.call(req))
+    }
 }
 
 /// The method as a bounded label: the usual ones by name, anything else
