@@ -691,3 +691,38 @@ async fn a_refused_webhook_counts_failures() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Behind Envoy: the request id is the one Envoy generates, the client the
+/// one the proxy reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_envoy_the_request_id_is_envoys() {
+    let sink = Sink::start().await;
+    let url = sink.url();
+    let stack = Stack::start_with(Some(crate::support::Proxy::Envoy), |c| {
+        c.set_str("audit", "webhook_url", &url);
+    })
+    .await;
+    let t = stack.keycloak.token().user("enid").build();
+    let r = stack
+        .request("POST", "/user")
+        .bearer(&t.jwt)
+        .header("X-Forwarded-For", "198.51.100.23")
+        .send()
+        .await;
+    assert_eq!(
+        r.status,
+        201,
+        "{}",
+        stack.explain("POST /user via Envoy", &r)
+    );
+    let e = sink.next(1, "profile via Envoy").await;
+    let ev = &e[0];
+    assert_eq!(ev["event"], "profile_created", "{ev}");
+    assert_eq!(ev["subject_hash"], subject_hash(&t), "{ev}");
+    assert_eq!(ev["client_ip"], "198.51.100.23", "{ev}");
+    let rid = ev["request_id"].as_str().unwrap_or_default();
+    assert!(
+        rid.len() == 36 && rid.chars().filter(|c| *c == '-').count() == 4,
+        "Envoy's x-request-id (a UUID): {ev}"
+    );
+}
