@@ -586,18 +586,20 @@ impl Factors {
         })
         .await?;
         let codes = if is_new_seed {
-            Some(self.confirm_totp(id, &secret).await?)
+            let codes = self.confirm_totp(id, &secret).await?;
+            // Enrolled now, whether or not the session is marked below.
+            self.audit.emit(
+                Event::new(Kind::TotpEnrolled)
+                    .identity(id)
+                    .field("method", "totp"),
+            );
+            Some(codes)
         } else {
             None
         };
         self.mark_verified(id, Factor::Totp).await?;
         if codes.is_some() {
             tracing::info!("TOTP enrolled");
-            self.audit.emit(
-                Event::new(Kind::TotpEnrolled)
-                    .identity(id)
-                    .field("method", "totp"),
-            );
             self.notify(id, recipients(&p, id), Notice::TotpEnrolled)
                 .await;
         }
