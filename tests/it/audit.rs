@@ -28,6 +28,8 @@ use crate::user_totp::{oathtool, parse_uri};
 
 #[derive(Default)]
 struct Received {
+    /// How long each answer takes.
+    delay: Duration,
     bodies: Mutex<Vec<String>>,
     /// Requests that were not a JSON POST as docs/audit.md promises.
     violations: Mutex<Vec<String>>,
@@ -42,7 +44,14 @@ struct Sink {
 
 impl Sink {
     async fn start() -> Sink {
-        let state = Arc::new(Received::default());
+        Sink::start_slow(Duration::ZERO).await
+    }
+
+    async fn start_slow(delay: Duration) -> Sink {
+        let state = Arc::new(Received {
+            delay,
+            ..Received::default()
+        });
         let app = Router::new()
             .route("/audit", post(receive))
             .with_state(state.clone());
@@ -89,6 +98,7 @@ async fn receive(State(s): State<Arc<Received>>, headers: HeaderMap, body: Bytes
     if ct != "application/json" {
         s.violations.lock().push(format!("content-type {ct:?}"));
     }
+    tokio::time::sleep(s.delay).await;
     s.bodies
         .lock()
         .push(String::from_utf8_lossy(&body).into_owned());
@@ -725,4 +735,35 @@ async fn behind_envoy_the_request_id_is_envoys() {
         rid.len() == 36 && rid.chars().filter(|c| *c == '-').count() == 4,
         "Envoy's x-request-id (a UUID): {ev}"
     );
+}
+
+/// On SIGTERM the events still queued are delivered before the process
+/// exits (within `audit.webhook_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_events_are_delivered_on_shutdown() {
+    let sink = Sink::start_slow(Duration::from_millis(300)).await;
+    let url = sink.url();
+    let mut stack = Stack::start_with(None, |c| {
+        c.set_str("audit", "webhook_url", &url);
+    })
+    .await;
+    const USERS: usize = 5;
+    for i in 0..USERS {
+        let t = stack.keycloak.token().user(&format!("s{i}")).build();
+        let r = http::request("POST", stack.app.http_addr(), "/user")
+            .bearer(&t.jwt)
+            .send()
+            .await;
+        assert_eq!(r.status, 201, "{}", stack.explain("POST /user", &r));
+    }
+    assert!(
+        sink.all().len() < USERS,
+        "the webhook is slower than the requests"
+    );
+    let status = stack
+        .app
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(20))
+        .await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert_eq!(sink.all().len(), USERS, "{}", stack.app.log());
 }
