@@ -1,5 +1,6 @@
 //! Administrator commands: `migrate` and `reset-user`.
 
+use crate::audit::{Audit, Event, Kind};
 use crate::config::Config;
 use crate::store;
 use crate::token::subject_hash;
@@ -111,25 +112,46 @@ pub async fn reset_user(cfg: Config, sub: &str) -> i32 {
         }
     };
     let subject = subject_hash(&issuer, sub);
+    let audit = match admin_audit(&cfg, clock.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("twofa-authz: {e}");
+            return crate::cli::EXIT_RUNTIME;
+        }
+    };
+    audit.start();
+    let within = cfg.audit.webhook_timeout.get();
+    let event = Event::new(Kind::UserReset).hashes(Some(subject.clone()), None);
+    // The event is written whatever happens, and the webhook given its time
+    // before the command exits.
+    let failed = |why: &'static str| {
+        let audit = &audit;
+        let event = event.clone();
+        async move {
+            audit.emit(event.failure().field("reason", why));
+            audit.close(within).await;
+            crate::cli::EXIT_RUNTIME
+        }
+    };
     let report = match profiles.reset_user(sub).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("twofa-authz: reset-user failed on the database: {e}");
-            return crate::cli::EXIT_RUNTIME;
+            return failed("database_unavailable").await;
         }
     };
     let lockout = match eph.clear_attempts(&subject).await {
         Ok(b) => b,
         Err(e) => {
             eprintln!("twofa-authz: reset-user failed on the session store: {e}");
-            return crate::cli::EXIT_RUNTIME;
+            return failed("session_store_unavailable").await;
         }
     };
     let n = match sessions.remove_subject(&subject).await {
         Ok(n) => n,
         Err(e) => {
             eprintln!("twofa-authz: reset-user failed on the session store: {e}");
-            return crate::cli::EXIT_RUNTIME;
+            return failed("session_store_unavailable").await;
         }
     };
     // Derived, short-lived state of the old enrollment: an unconfirmed TOTP
@@ -158,5 +180,23 @@ pub async fn reset_user(cfg: Config, sub: &str) -> i32 {
              server and are not visible here; restart it to clear them"
         );
     }
+    audit.emit(
+        event
+            .field("totp_removed", report.totp)
+            .field("recovery_codes_removed", report.recovery_codes)
+            .field("sessions_removed", n),
+    );
+    audit.close(within).await;
     0
+}
+
+/// The audit port of an administrator command: the same log line and
+/// webhook as the server's, without request metadata.
+fn admin_audit(cfg: &Config, clock: crate::clock::SharedClock) -> Result<Audit, String> {
+    let metrics = crate::metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("twofa-authz/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
+    Ok(Audit::from_config(&cfg.audit, http, clock, &metrics))
 }

@@ -28,6 +28,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
+use crate::audit::Audit;
 use crate::authz::Authorizer;
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -78,6 +79,8 @@ pub struct AppState {
     /// Argon2id hashing of recovery codes, a few at a time with bounded
     /// memory (`factor::hashing`).
     pub hashing: Arc<HashPool>,
+    /// Audit events: the log line and the webhook queue.
+    pub audit: Arc<Audit>,
 }
 
 /// What `/readyz` and gRPC health report (INTERFACE.md section 5): each
@@ -224,6 +227,12 @@ impl AppState {
                 .map_err(|e| format!("security.encryption_keys: {e}"))?,
         );
         let hashing = Arc::new(HashPool::for_host()?);
+        let audit = Arc::new(Audit::from_config(
+            &cfg.audit,
+            http.clone(),
+            clock.clone(),
+            &metrics,
+        ));
         let factors = Arc::new(Factors::new(
             Ports {
                 ephemeral: ephemeral.clone(),
@@ -235,6 +244,7 @@ impl AppState {
                 directory: keycloak_admin.clone().map(|a| a as Arc<dyn Directory>),
                 metrics: metrics.clone(),
                 hashing: hashing.clone(),
+                audit: audit.clone(),
                 clock: clock.clone(),
             },
             Settings {
@@ -267,6 +277,7 @@ impl AppState {
             keycloak_admin,
             factors,
             hashing,
+            audit,
         }))
     }
 
@@ -316,6 +327,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
     state.authz.validator().jwks().spawn_refresher(rx.clone());
+    state.audit.start();
     prepare_redis(&state).await?;
     if let Some(cache) = &state.session_cache {
         cache.start(rx.clone());
@@ -384,6 +396,10 @@ pub async fn run(
         (g, h, m)
     })
     .await;
+    state
+        .audit
+        .close(state.cfg.audit.webhook_timeout.get())
+        .await;
     match drained {
         Ok((Ok(Ok(())), Ok(Ok(())), Ok(Ok(())))) => Ok(()),
         Ok((g, h, m)) => Err(anyhow::anyhow!(
@@ -426,7 +442,7 @@ async fn serve_http(
         let stream = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: the process is out of descriptors
                     // for a moment; spinning on accept would not help.
@@ -436,11 +452,13 @@ async fn serve_http(
                 }
             },
         };
+        let (stream, peer) = stream;
         // Check responses are tiny; Nagle would add latency to each.
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(FirstBytesDeadline::new(stream));
+        let svc = crate::http::WithRequestMeta::new(app.clone(), peer.ip());
         let conn = builder
-            .serve_connection_with_upgrades(io, TowerToHyperService::new(app.clone()))
+            .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -183,8 +183,15 @@ fn config_error(e: &ConfigError) -> i32 {
 }
 
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Audit events are written whatever the level, unless the filter says
+    // otherwise about them (`warn,audit=off`).
+    if !cfg.log.level.contains("audit") {
+        if let Ok(d) = "audit=info".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

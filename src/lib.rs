@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod authz;
 pub mod cli;
 pub mod clock;

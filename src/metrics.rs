@@ -92,6 +92,10 @@ pub struct Metrics {
     pub backchannel_logouts: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    /// Audit events not queued for the webhook (queue full, or closed).
+    pub audit_dropped: IntCounter,
+    /// Audit events the webhook did not take (error, timeout, non-2xx).
+    pub audit_webhook_failures: IntCounter,
 }
 
 impl Metrics {
@@ -165,6 +169,14 @@ impl Metrics {
             .buckets(exponential_buckets(0.0001, 2.5, 14)?),
             &["method", "route"],
         )?;
+        let audit_dropped = IntCounter::new(
+            "twofa_audit_dropped_total",
+            "Audit events dropped before the webhook: its queue was full (or closed)",
+        )?;
+        let audit_webhook_failures = IntCounter::new(
+            "twofa_audit_webhook_failures_total",
+            "Audit events the webhook did not accept (error, timeout or non-2xx status)",
+        )?;
         let cache_hits = IntCounterVec::new(
             Opts::new(
                 "twofa_cache_hits_total",
@@ -210,6 +222,8 @@ impl Metrics {
         registry.register(Box::new(backchannel_logouts.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(audit_dropped.clone()))?;
+        registry.register(Box::new(audit_webhook_failures.clone()))?;
         register_build_and_process(&registry)?;
         Ok(Self {
             registry,
@@ -226,6 +240,8 @@ impl Metrics {
             backchannel_logouts,
             http_requests,
             http_duration,
+            audit_dropped,
+            audit_webhook_failures,
         })
     }
 
@@ -381,6 +397,26 @@ mod tests {
                 "{name} in\n{text}"
             );
         }
+    }
+
+    /// The audit delivery counters are exported at 0 before the first event.
+    #[test]
+    fn audit_counters_are_exported() {
+        let m = Metrics::new().expect("metrics");
+        let text = m.render();
+        for name in [
+            "twofa_audit_dropped_total",
+            "twofa_audit_webhook_failures_total",
+        ] {
+            assert_eq!(
+                sample(&text, &format!("{name} ")),
+                Some(0.0),
+                "{name} in\n{text}"
+            );
+        }
+        m.audit_dropped.inc();
+        let text = m.render();
+        assert_eq!(sample(&text, "twofa_audit_dropped_total "), Some(1.0));
     }
 
     /// One family per measure for both caches, exported at 0 before use.

@@ -245,6 +245,15 @@ fn apply_dev(cfg: &mut Config) {
         cfg.email.provider = "log".into();
     }
     cfg.sms.provider = "log".into();
+    // Audit events too: a local collector gets them, nothing else does.
+    if cfg
+        .audit
+        .webhook_url
+        .as_deref()
+        .is_some_and(|u| !is_loopback_url(u))
+    {
+        cfg.audit.webhook_url = None;
+    }
     // The dev issuer signs with Ed25519 (a key generated at start).
     cfg.keycloak.algorithms = vec!["EdDSA".into()];
     cfg.keycloak.audiences.clear();
@@ -785,6 +794,23 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         }
     }
 
+    if let Some(u) = &c.audit.webhook_url {
+        check_http_url("audit.webhook_url", u)?;
+    }
+    if !(1..=1_000_000).contains(&c.audit.queue_capacity) {
+        return Err(ConfigError::new(
+            "audit.queue_capacity",
+            "must be between 1 and 1000000",
+        ));
+    }
+    let t = c.audit.webhook_timeout.get();
+    if t.is_zero() || t > std::time::Duration::from_secs(60) {
+        return Err(ConfigError::new(
+            "audit.webhook_timeout",
+            "must be more than 0 and at most 60s",
+        ));
+    }
+
     if !["text", "json"].contains(&c.log.format.as_str()) {
         return Err(ConfigError::new(
             "log.format",
@@ -900,6 +926,58 @@ mod tests {
         let mut env = base_env();
         env.push(("TWOFA_UI__COLOUR".into(), "red".into()));
         assert_eq!(load(None, env, false).unwrap_err().key, "ui.colour");
+    }
+
+    #[test]
+    fn audit_keys() {
+        let c = load(None, base_env(), false).unwrap();
+        assert_eq!(c.audit.webhook_url, None);
+        assert_eq!(c.audit.queue_capacity, 1024);
+        assert_eq!(c.audit.webhook_timeout.as_secs(), 5);
+        let mut env = base_env();
+        env.push((
+            "TWOFA_AUDIT__WEBHOOK_URL".into(),
+            "https://siem.example.com/twofa".into(),
+        ));
+        env.push(("TWOFA_AUDIT__QUEUE_CAPACITY".into(), "16".into()));
+        env.push(("TWOFA_AUDIT__WEBHOOK_TIMEOUT".into(), "2s".into()));
+        let c = load(None, env.clone(), false).unwrap();
+        assert_eq!(
+            c.audit.webhook_url.as_deref(),
+            Some("https://siem.example.com/twofa")
+        );
+        assert_eq!(c.audit.queue_capacity, 16);
+        assert_eq!(c.audit.webhook_timeout.as_secs(), 2);
+        // Dev mode keeps a loopback collector only.
+        assert_eq!(load(None, env, true).unwrap().audit.webhook_url, None);
+        let local = vec![(
+            "TWOFA_AUDIT__WEBHOOK_URL".to_string(),
+            "http://127.0.0.1:9000/audit".to_string(),
+        )];
+        assert!(load(None, local, true).unwrap().audit.webhook_url.is_some());
+        for (var, bad, key) in [
+            (
+                "TWOFA_AUDIT__WEBHOOK_URL",
+                "ftp://x.example.com/",
+                "audit.webhook_url",
+            ),
+            ("TWOFA_AUDIT__WEBHOOK_URL", "not a url", "audit.webhook_url"),
+            ("TWOFA_AUDIT__QUEUE_CAPACITY", "0", "audit.queue_capacity"),
+            (
+                "TWOFA_AUDIT__WEBHOOK_TIMEOUT",
+                "0s",
+                "audit.webhook_timeout",
+            ),
+            (
+                "TWOFA_AUDIT__WEBHOOK_TIMEOUT",
+                "2m",
+                "audit.webhook_timeout",
+            ),
+        ] {
+            let mut env = base_env();
+            env.push((var.into(), bad.into()));
+            assert_eq!(load(None, env, false).unwrap_err().key, key, "{bad:?}");
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub log: LogConfig,
     pub ui: UiConfig,
+    pub audit: AuditConfig,
     /// Set by `serve --dev`, never by a file or the environment.
     #[serde(skip)]
     pub dev: bool,
@@ -419,6 +420,31 @@ impl Default for LogConfig {
         Self {
             format: "text".into(),
             level: "info".into(),
+        }
+    }
+}
+
+/// Audit events (docs/audit.md): always logged on the `audit` target; with
+/// `webhook_url`, also posted there, best effort.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Where each event is POSTed as JSON; unset: log only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Events waiting for the webhook; beyond it, new ones are dropped and
+    /// counted (`twofa_audit_dropped_total`), never waited for.
+    pub queue_capacity: usize,
+    /// One POST's limit, connecting included.
+    pub webhook_timeout: Dur,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            queue_capacity: 1024,
+            webhook_timeout: Dur::secs(5),
         }
     }
 }

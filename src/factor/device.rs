@@ -171,6 +171,8 @@ impl Factors {
         };
         self.devices.insert_device(&rec).await?;
         tracing::info!(device = %rec.id, "device remembered");
+        self.audit
+            .emit(crate::audit::Event::new(crate::audit::Kind::DeviceRemembered).identity(id));
         Ok(IssuedDevice {
             id: rec.id,
             token,
@@ -301,6 +303,12 @@ impl Factors {
     /// the user is told. Best effort: the refusal stands whatever fails.
     async fn revoke_stolen(&self, id: &Identity, p: &crate::store::Profile, d: &DeviceRecord) {
         tracing::warn!(device = %d.id, "a replaced device token came back: device revoked as stolen");
+        self.audit.emit(
+            crate::audit::Event::new(crate::audit::Kind::DeviceRevoked)
+                .identity(id)
+                .failure()
+                .field("reason", "replaced_token_reused"),
+        );
         if let Err(e) = self.devices.delete_device(id.sub(), &d.id).await {
             tracing::warn!(error = %e, "could not revoke a stolen device");
         }

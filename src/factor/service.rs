@@ -31,6 +31,7 @@ use super::lockout::retry_after;
 use super::otp::{self, Binding, Channel, Check, Issued, Purpose, Restore};
 use super::recovery;
 use super::totp::{self as t, Params, TotpSecret};
+use crate::audit::{Audit, Event, Kind};
 use crate::clock::SharedClock;
 use crate::config::{SecurityConfig, TotpConfig};
 use crate::crypto::KeyRing;
@@ -68,6 +69,7 @@ pub struct Ports {
     pub metrics: Arc<Metrics>,
     /// Recovery-code hashing, a few at a time.
     pub hashing: Arc<HashPool>,
+    pub audit: Arc<Audit>,
     pub clock: SharedClock,
 }
 
@@ -92,6 +94,7 @@ pub struct Factors {
     directory: Option<Arc<dyn Directory>>,
     metrics: Arc<Metrics>,
     hashing: Arc<HashPool>,
+    pub(super) audit: Arc<Audit>,
     pub(super) clock: SharedClock,
     pub(super) s: Settings,
 }
@@ -188,6 +191,7 @@ impl Factors {
             directory: p.directory,
             metrics: p.metrics,
             hashing: p.hashing,
+            audit: p.audit,
             clock: p.clock,
             s,
         }
@@ -254,6 +258,8 @@ impl Factors {
         if !self.profiles.create_profile(&p).await? {
             return Err(Error::ProfileExists);
         }
+        self.audit
+            .emit(Event::new(Kind::ProfileCreated).identity(id));
         Ok(p)
     }
 
@@ -383,6 +389,13 @@ impl Factors {
             restore.put_back(self.eph.as_ref()).await;
             return Err(e);
         }
+        if purpose == Purpose::Contact {
+            self.audit.emit(
+                Event::new(Kind::ContactChangeConfirmed)
+                    .identity(id)
+                    .field("channel", channel.as_str()),
+            );
+        }
         Ok(purpose)
     }
 
@@ -463,6 +476,11 @@ impl Factors {
             ..Default::default()
         };
         for (channel, dest, _) in issued {
+            self.audit.emit(
+                Event::new(Kind::ContactChangeRequested)
+                    .identity(id)
+                    .field("channel", channel.as_str()),
+            );
             match channel {
                 Channel::Email => out.email = Some(dest),
                 Channel::Mobile => out.mobile = Some(dest),
@@ -572,7 +590,14 @@ impl Factors {
         })
         .await?;
         let codes = if is_new_seed {
-            Some(self.confirm_totp(id, &secret).await?)
+            let codes = self.confirm_totp(id, &secret).await?;
+            // Enrolled now, whether or not the session is marked below.
+            self.audit.emit(
+                Event::new(Kind::TotpEnrolled)
+                    .identity(id)
+                    .field("method", "totp"),
+            );
+            Some(codes)
         } else {
             None
         };
@@ -600,7 +625,14 @@ impl Factors {
             tracing::warn!(error = %e, "could not remove the confirmed pending TOTP secret");
         }
         match prepared.store(self.profiles.as_ref(), id.sub()).await {
-            Ok(codes) => Ok(codes),
+            Ok(codes) => {
+                self.audit.emit(
+                    Event::new(Kind::RecoveryCodesGenerated)
+                        .identity(id)
+                        .field("count", codes.len()),
+                );
+                Ok(codes)
+            }
             Err(e) => {
                 // Without its recovery codes the enrollment is not complete:
                 // undo it, so the user can simply try again.
@@ -620,6 +652,11 @@ impl Factors {
         }
         let _ = t::clear_pending(self.eph.as_ref(), &id.subject_key()).await;
         tracing::info!("TOTP removed");
+        self.audit.emit(
+            Event::new(Kind::TotpRemoved)
+                .identity(id)
+                .field("method", "totp"),
+        );
         self.notify(id, recipients(&p, id), Notice::TotpRemoved)
             .await;
         Ok(())
@@ -649,6 +686,11 @@ impl Factors {
             .await?;
         self.mark_verified(id, Factor::Recovery).await?;
         tracing::info!(remaining, "recovery code used");
+        self.audit.emit(
+            Event::new(Kind::RecoveryCodeUsed)
+                .identity(id)
+                .field("remaining", remaining),
+        );
         Ok(remaining)
     }
 
@@ -661,6 +703,11 @@ impl Factors {
         let n = self.s.security.recovery_code_count as usize;
         let codes = recovery::issue(self.profiles.as_ref(), &self.hashing, id.sub(), n).await?;
         tracing::info!("recovery codes regenerated");
+        self.audit.emit(
+            Event::new(Kind::RecoveryCodesGenerated)
+                .identity(id)
+                .field("count", codes.len()),
+        );
         self.notify(id, recipients(&p, id), Notice::RecoveryCodesRegenerated)
             .await;
         Ok(codes)
@@ -776,6 +823,11 @@ impl Factors {
                 self.s.security.second_factor_ttl.get(),
             )
             .await?;
+        self.audit.emit(
+            Event::new(Kind::FactorPassed)
+                .identity(id)
+                .field("method", factor.as_str()),
+        );
         Ok(v)
     }
 
@@ -893,6 +945,12 @@ impl Factors {
                     tracing::warn!(
                         "consecutive-failure cap reached: second factor locked until `twofa-authz reset-user`"
                     );
+                    self.audit.emit(
+                        Event::new(Kind::FactorLocked)
+                            .identity(id)
+                            .failure()
+                            .field("method", method.as_str()),
+                    );
                 }
                 self.record(method, "factor_locked");
                 return Error::FactorLocked;
@@ -904,6 +962,13 @@ impl Factors {
                 tracing::warn!(
                     lockout_seconds = d.as_secs(),
                     "too many wrong codes: user locked out"
+                );
+                self.audit.emit(
+                    Event::new(Kind::Lockout)
+                        .identity(id)
+                        .failure()
+                        .field("method", method.as_str())
+                        .field("lockout_seconds", d.as_secs()),
                 );
                 self.record(method, "locked_out");
                 Error::TooManyAttempts {

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::app::AppState;
+use crate::audit::{Event, Kind};
 use crate::error::Error;
 use crate::store::SessionIds;
 use crate::token::{sid_hash, subject_hash, TokenError};
@@ -64,8 +65,15 @@ struct LogoutClaims {
 )]
 pub async fn backchannel_logout(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let result = handle(&state, &body).await;
+    let event = Event::new(Kind::BackchannelLogout);
+    state.audit.emit(match &result {
+        Ok((subject, sid)) => event.hashes(subject.clone(), sid.clone()),
+        // Who a refused token names is not known: it may be forged.
+        Err(Error::InvalidLogoutToken(why)) => event.failure().field("reason", *why),
+        Err(e) => event.failure().field("reason", e.code()),
+    });
     let label = match &result {
-        Ok(()) => "success",
+        Ok(_) => "success",
         Err(Error::InvalidLogoutToken(_)) => "invalid",
         Err(_) => "error",
     };
@@ -76,7 +84,7 @@ pub async fn backchannel_logout(State(state): State<Arc<AppState>>, body: Bytes)
         .inc();
     match result {
         // Section 2.8: 200 on success, and the response must not be cached.
-        Ok(()) => (StatusCode::OK, [(CACHE_CONTROL, "no-store")]).into_response(),
+        Ok(_) => (StatusCode::OK, [(CACHE_CONTROL, "no-store")]).into_response(),
         Err(e) => {
             if let Error::InvalidLogoutToken(why) = &e {
                 tracing::info!(reason = why, "refused a back-channel logout token");
@@ -86,7 +94,9 @@ pub async fn backchannel_logout(State(state): State<Arc<AppState>>, body: Bytes)
     }
 }
 
-async fn handle(state: &AppState, body: &[u8]) -> Result<(), Error> {
+/// The logged-out subject's and session's hashes, as far as the token named
+/// them.
+async fn handle(state: &AppState, body: &[u8]) -> Result<(Option<String>, Option<String>), Error> {
     let form: Form = serde_urlencoded::from_bytes(body)
         .map_err(|_| Error::InvalidLogoutToken("not a logout_token form"))?;
     let v = state.authz.validator();
@@ -190,5 +200,8 @@ async fn handle(state: &AppState, body: &[u8]) -> Result<(), Error> {
             }
         }
     }
-    Ok(())
+    Ok((
+        sub.map(|s| subject_hash(&claims.iss, &s)),
+        sid.map(|s| sid_hash(&claims.iss, &s)),
+    ))
 }

@@ -147,6 +147,44 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     resp
 }
 
+/// The listener's outermost layer: what audit events say about the client
+/// ([`crate::audit::RequestMeta`]: its headers and the connection's peer),
+/// visible to the services for the rest of each request. A tower service
+/// rather than axum middleware, so that nothing is boxed; header values are
+/// shared, not copied: most requests (every Check) write no event.
+#[derive(Clone)]
+pub struct WithRequestMeta<S> {
+    inner: S,
+    peer: std::net::IpAddr,
+}
+
+impl<S> WithRequestMeta<S> {
+    pub fn new(inner: S, peer: std::net::IpAddr) -> Self {
+        Self { inner, peer }
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for WithRequestMeta<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tokio::task::futures::TaskLocalFuture<crate::audit::RequestMeta, S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let meta = crate::audit::RequestMeta::from_headers(req.headers(), Some(self.peer));
+        meta.scope(self.inner.call(req))
+    }
+}
+
 /// The method as a bounded label: the usual ones by name, anything else
 /// (extension methods a client may invent) as `other`.
 fn method_label(m: &http::Method) -> &'static str {

@@ -84,7 +84,8 @@ SECTION7_METRICS = {
     "twofa_http_requests_total", "twofa_http_request_duration_seconds",
 }
 EXTRA_METRICS = {"twofa_backchannel_logouts_total", "twofa_build_info",
-                 "twofa_cache_hits_total", "twofa_cache_misses_total"}
+                 "twofa_cache_hits_total", "twofa_cache_misses_total",
+                 "twofa_audit_dropped_total", "twofa_audit_webhook_failures_total"}
 # Decision reasons of twofa_checks_total{reason} (docs/troubleshooting.md).
 REASONS = {
     "none", "missing_token", "malformed", "multiple_credentials", "bad_algorithm", "unknown_kid",

@@ -220,7 +220,29 @@ async fn a_replaced_token_that_comes_back_revokes_the_device_and_tells_the_user(
         403,
         "every verified session of the user ends",
     );
-    assert!(u.stack.app.log().contains("device revoked as stolen"));
+    let log = u.stack.app.log();
+    assert!(log.contains("device revoked as stolen"));
+    // The audit trail (docs/audit.md): one device_revoked, after the
+    // device_remembered and the device's factor_passed.
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"event\":\"device_"))
+        .collect();
+    assert_eq!(audit.len(), 2, "{audit:#?}");
+    assert!(
+        audit[0].contains("\"event\":\"device_remembered\""),
+        "{audit:#?}"
+    );
+    assert!(
+        audit[1].contains("\"event\":\"device_revoked\"")
+            && audit[1].contains("\"outcome\":\"failure\"")
+            && audit[1].contains("replaced_token_reused"),
+        "{audit:#?}"
+    );
+    assert!(
+        log.contains("\"method\":\"device\""),
+        "factor_passed by device"
+    );
     for secret in [&t1, &t2] {
         assert!(
             !u.stack.app.log().contains(secret.as_str()),

@@ -11,7 +11,7 @@ const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 /// A logout token as Keycloak sends it: addressed to the client, typ Logout,
 /// the back-channel event, sub and sid, no nonce.
-fn logout_for(builder: TokenBuilder, token: &Token) -> TokenBuilder {
+pub fn logout_for(builder: TokenBuilder, token: &Token) -> TokenBuilder {
     builder
         .claim("sub", json!(token.sub()))
         .sid(token.sid())
@@ -25,7 +25,7 @@ fn logout_for(builder: TokenBuilder, token: &Token) -> TokenBuilder {
         .without("realm_access")
 }
 
-async fn post_logout(stack: &Stack, body: &str) -> http::Response {
+pub async fn post_logout(stack: &Stack, body: &str) -> http::Response {
     http::request(
         "POST",
         stack.app.http_addr(),

@@ -22,6 +22,7 @@ macro_rules! scenarios_through {
     };
 }
 
+mod audit;
 mod bad_input;
 mod check_caddy;
 mod check_envoy;
