@@ -279,3 +279,46 @@ async fn without_an_endpoint_nothing_is_exported() {
     );
     assert!(collector.bad_requests().is_empty());
 }
+
+/// The spans still queued when SIGTERM comes are exported before the process
+/// exits: with a batch delay of a minute, only the shutdown can send them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_spans_are_exported_on_sigterm() {
+    let collector = Collector::start().await;
+    let endpoint = collector.endpoint();
+    let mut stack = Stack::start_with(None, |c| {
+        c.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .set_env("OTEL_BSP_SCHEDULE_DELAY", "60000");
+    })
+    .await;
+    let token = stack.keycloak.token().user("last").build();
+    let mut grpc = AuthorizationClient::connect(format!("http://{}", stack.app.grpc_addr()))
+        .await
+        .expect("connect to the gRPC listener");
+    grpc.check(check_request(&token, &[("x-request-id", "req-last")]))
+        .await
+        .expect("Check");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        with_request_id(&collector.spans(), "req-last").is_none(),
+        "exported before the batch delay: the test proves nothing"
+    );
+    let status = stack
+        .app
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(15))
+        .await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit after SIGTERM; log:\n{}",
+        stack.app.log()
+    );
+    let spans = collector.spans();
+    let last = with_request_id(&spans, "req-last")
+        .unwrap_or_else(|| panic!("the queued span was lost:\n{}", describe(&spans)));
+    assert_eq!(
+        last.resource_attr("service.name").as_deref(),
+        Some("twofa-authz"),
+        "the default service name"
+    );
+}
