@@ -14,6 +14,7 @@ use twofa_authz::grpc::pb::envoy::service::auth::v3::attribute_context::{
 use twofa_authz::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use twofa_authz::grpc::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 
+use crate::support::http;
 use crate::support::keycloak::Token;
 use crate::support::otlp::{Collector, Exported};
 use crate::support::Stack;
@@ -26,6 +27,9 @@ const PARENT_ID: &str = "00f067aa0ba902b7";
 /// Envoy sends its own ext_authz span's) rather than in the checked request.
 const TRACE_ID_2: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT_ID_2: &str = "b7ad6b7169203331";
+/// A third, for forward auth.
+const TRACE_ID_3: &str = "5b8efff798038103d269b633813fc60c";
+const PARENT_ID_3: &str = "eee19b7ec3c1b174";
 
 fn traceparent(trace: &str, parent: &str) -> String {
     format!("00-{trace}-{parent}-01")
@@ -123,10 +127,24 @@ async fn checks_and_user_requests_are_spans_in_the_callers_trace_without_secrets
     let refused = grpc.check(call).await.expect("Check").into_inner();
     assert_eq!(refused.status.map(|s| s.code), Some(7), "refused");
 
+    // Forward auth (Traefik/Caddy style), the context in the request's
+    // headers as the proxy passes them on.
+    let r = http::request("GET", app.http_addr(), "/authz/forward-auth")
+        .bearer(&token.jwt)
+        .header("X-Forwarded-Method", "GET")
+        .header("X-Forwarded-Uri", "/admin/reports")
+        .header("X-Forwarded-Host", "app.example.com")
+        .header("x-request-id", "req-fwd-3")
+        .header("traceparent", &traceparent(TRACE_ID_3, PARENT_ID_3))
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "forward auth: {}", r.text());
+
     let got = collector
         .wait_for(Duration::from_secs(10), |spans| {
             with_request_id(spans, "req-allow-1").is_some()
                 && with_request_id(spans, "req-deny-2").is_some()
+                && with_request_id(spans, "req-fwd-3").is_some()
                 && spans.iter().any(|s| {
                     s.attr("route").as_deref() == Some("/user/verify-totp")
                         && s.attr("decision").as_deref() == Some("refused")
@@ -178,6 +196,23 @@ async fn checks_and_user_requests_are_spans_in_the_callers_trace_without_secrets
     );
     assert_eq!(deny.attr("reason").as_deref(), Some("not_verified"));
     assert_eq!(deny.attr("subject").as_deref(), Some(subject));
+
+    let fwd: Vec<&Exported> = spans
+        .iter()
+        .filter(|s| s.attr("request_id").as_deref() == Some("req-fwd-3"))
+        .collect();
+    assert_eq!(
+        fwd.len(),
+        1,
+        "one span per forward-auth Check:\n{}",
+        describe(&spans)
+    );
+    assert_eq!(fwd[0].span.name, "authz.check");
+    assert_eq!(fwd[0].attr("route").as_deref(), Some("/authz/forward-auth"));
+    assert_eq!(hex::encode(&fwd[0].span.trace_id), TRACE_ID_3);
+    assert_eq!(hex::encode(&fwd[0].span.parent_span_id), PARENT_ID_3);
+    assert_eq!(fwd[0].attr("decision").as_deref(), Some("allow"));
+    assert_eq!(fwd[0].attr("subject").as_deref(), Some(subject));
 
     let verifies: Vec<&Exported> = spans
         .iter()
