@@ -153,53 +153,37 @@ pub fn main() -> i32 {
         print!("{}", cfg.redacted_toml());
         return 0;
     }
-    init_logging(&cfg);
+    // The runtime first: the OTLP exporter's gRPC client is spawned on it.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    let telemetry = crate::telemetry::init(&cfg, rt.as_ref().ok());
     for w in &env_warnings {
         tracing::warn!("{w}");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
             return EXIT_RUNTIME;
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         match cli.command {
             Command::Serve { .. } => serve(cfg).await,
             Command::Migrate { reencrypt, .. } => crate::admin::migrate(cfg, reencrypt).await,
             Command::ResetUser { sub, .. } => crate::admin::reset_user(cfg, &sub).await,
             Command::CheckConfig { .. } | Command::Qr { .. } => 0,
         }
-    })
+    });
+    // After the graceful shutdown, before the runtime goes: the last spans.
+    telemetry.shutdown();
+    code
 }
 
 fn config_error(e: &ConfigError) -> i32 {
     eprintln!("twofa-authz: {e}");
     EXIT_CONFIG
-}
-
-fn init_logging(cfg: &Config) {
-    let mut filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Audit events are written whatever the level, unless the filter says
-    // otherwise about them (`warn,audit=off`).
-    if !cfg.log.level.contains("audit") {
-        if let Ok(d) = "audit=info".parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cfg.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 async fn serve(cfg: Config) -> i32 {

@@ -19,5 +19,6 @@ pub mod http;
 pub mod keycloak;
 pub mod metrics;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod token;

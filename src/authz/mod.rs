@@ -339,6 +339,15 @@ impl Authorizer {
     }
 
     pub async fn check(&self, req: &CheckInput<'_>) -> Decision {
+        self.check_identified(req).await.0
+    }
+
+    /// [`Self::check`], and the identity of a valid token whatever the
+    /// decision: a refusal of a known user names them in its trace span.
+    pub async fn check_identified(
+        &self,
+        req: &CheckInput<'_>,
+    ) -> (Decision, Option<Arc<Identity>>) {
         let need = match self.policy.evaluate(
             req.method,
             req.host,
@@ -353,21 +362,25 @@ impl Authorizer {
                     extension = bad.0,
                     "invalid per-route context extension; failing closed"
                 );
-                return Decision::Deny(
-                    Error::AuthzUnavailable("invalid route configuration"),
-                    Reason::Malformed,
+                return (
+                    Decision::Deny(
+                        Error::AuthzUnavailable("invalid route configuration"),
+                        Reason::Malformed,
+                    ),
+                    None,
                 );
             }
         };
         let now = self.clock.now();
         if need.require == Requirement::None {
-            return decide(
+            let d = decide(
                 need,
                 TokenState::NotNeeded,
                 SessionState::NotLooked,
                 now,
                 &self.methods,
             );
+            return (d, None);
         }
         let token = match bearer(req.authorization) {
             Ok(None) => TokenState::Missing,
@@ -444,7 +457,7 @@ impl Authorizer {
                 .as_str(),
             "authorization decision"
         );
-        decision
+        (decision, identity)
     }
 
     /// The methods this user can use, as the `/user` API last published

@@ -75,6 +75,14 @@ impl Authorization for AuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let start = Instant::now();
+        let span = crate::telemetry::check_span(crate::telemetry::GRPC_CHECK_ROUTE);
+        // Envoy's own trace context, of its ext_authz call, is the nearest
+        // parent; the checked request's is taken when the call has none.
+        let call_parent = if span.is_disabled() {
+            None
+        } else {
+            call_trace_context(request.metadata())
+        };
         let req = request.into_inner();
         let attrs = req.attributes.unwrap_or_default();
         let http = attrs.request.and_then(|r| r.http).unwrap_or_default();
@@ -94,12 +102,27 @@ impl Authorization for AuthzService {
                 .map(String::as_str),
             ext_mode: attrs.context_extensions.get(EXT_MODE).map(String::as_str),
         };
-        let decision = self.state.authz.check(&input).await;
+        if !span.is_disabled() {
+            // A repeated or binary value is no trace context.
+            let get = |name: &str| headers.get(name).ok().flatten();
+            let mut carrier = crate::telemetry::Carrier {
+                request_id: get("x-request-id"),
+                traceparent: get("traceparent"),
+                tracestate: get("tracestate"),
+            };
+            if let Some((traceparent, tracestate)) = &call_parent {
+                carrier.traceparent = Some(traceparent);
+                carrier.tracestate = tracestate.as_deref();
+            }
+            crate::telemetry::begin(&span, &carrier);
+        }
+        let (decision, identity) = self.state.authz.check_identified(&input).await;
         let resp = self.render(&decision, headers.names());
         self.state
             .metrics
             .grpc_checks
             .record(decision.outcome(), start.elapsed().as_secs_f64());
+        crate::telemetry::decided(&span, decision.outcome(), identity.as_deref());
         Ok(Response::new(resp))
     }
 }
@@ -182,6 +205,14 @@ impl<'a> Headers<'a> {
     pub fn names(&self) -> impl Iterator<Item = &'a str> + 'a {
         self.iter().filter_map(|(k, _)| std::str::from_utf8(k).ok())
     }
+}
+
+/// `traceparent` (and `tracestate`) of the gRPC call itself, as Envoy
+/// sends them when its tracing is on.
+fn call_trace_context(m: &tonic::metadata::MetadataMap) -> Option<(String, Option<String>)> {
+    let get = |name: &str| m.get(name).and_then(|v| v.to_str().ok());
+    let traceparent = get("traceparent")?;
+    Some((traceparent.to_owned(), get("tracestate").map(str::to_owned)))
 }
 
 fn header(key: &str, value: &str) -> HeaderValueOption {

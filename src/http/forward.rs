@@ -83,7 +83,7 @@ pub async fn auth_request(State(state): State<Arc<AppState>>, req: Request) -> R
         };
         Ok(Original { method, uri, host })
     })();
-    check(&state, h, original, false).await
+    check(&state, h, original, false, "/authz/auth-request").await
 }
 
 /// Traefik `forwardAuth` and Caddy `forward_auth`.
@@ -107,7 +107,7 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, req: Request) -> R
             host: required_text(h, "x-forwarded-host")?,
         })
     })();
-    check(&state, h, original, false).await
+    check(&state, h, original, false, "/authz/forward-auth").await
 }
 
 /// Envoy's HTTP ext_authz service (`path_prefix: /authz/ext-authz`): the
@@ -138,7 +138,7 @@ pub async fn ext_authz(State(state): State<Arc<AppState>>, req: Request) -> Resp
             "the path must start with {EXT_AUTHZ_PREFIX}/"
         ))),
     };
-    check(&state, h, original, true).await
+    check(&state, h, original, true, "/authz/ext-authz/{*path}").await
 }
 
 async fn check(
@@ -146,12 +146,18 @@ async fn check(
     h: &HeaderMap,
     original: Result<Original<'_>, Error>,
     envoy: bool,
+    route: &'static str,
 ) -> Response {
     let start = Instant::now();
+    let span = crate::telemetry::check_span(route);
+    if !span.is_disabled() {
+        crate::telemetry::begin(&span, &crate::telemetry::Carrier::from_headers(h));
+    }
     let original = match original {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(error = %e, "forward-auth request without the proxy's headers; is the proxy configured as documented?");
+            crate::telemetry::refused(&span, e.code());
             return e.into_response();
         }
     };
@@ -166,12 +172,13 @@ async fn check(
         // has no trusted carrier for: rules' `dry_run` applies here.
         ext_mode: None,
     };
-    let decision = state.authz.check(&input).await;
+    let (decision, identity) = state.authz.check_identified(&input).await;
     let resp = render(state, &decision, h, envoy);
     state
         .metrics
         .http_checks
         .record(decision.outcome(), start.elapsed().as_secs_f64());
+    crate::telemetry::decided(&span, decision.outcome(), identity.as_deref());
     resp
 }
 

@@ -135,7 +135,19 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     // is allocated per request here (forward auth is a Check path too).
     let route = req.extensions().get::<MatchedPath>().cloned();
     let method = method_label(req.method());
-    let resp = next.run(req).await;
+    // Forward auth has its own span, in the Check it makes.
+    let span = match &route {
+        Some(r) if r.as_str().starts_with("/user") => {
+            crate::telemetry::user_span(method, r.as_str(), req.headers())
+        }
+        _ => tracing::Span::none(),
+    };
+    let resp = if span.is_disabled() {
+        next.run(req).await
+    } else {
+        tracing::Instrument::instrument(next.run(req), span.clone()).await
+    };
+    crate::telemetry::user_done(&span, &resp);
     let route = route.as_ref().map_or("unmatched", |m| m.as_str());
     let m = &state.metrics;
     m.http_requests

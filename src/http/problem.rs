@@ -21,5 +21,10 @@ pub fn response(err: &Error, www_authenticate: Option<&str>) -> Response {
     if let Some(r) = err.retry_after() {
         h.insert(RETRY_AFTER, HeaderValue::from(r.as_secs().max(1)));
     }
+    // Extensions allocate: only for a span that will read it.
+    if crate::telemetry::enabled() {
+        resp.extensions_mut()
+            .insert(crate::telemetry::ProblemCode(err.code()));
+    }
     resp
 }

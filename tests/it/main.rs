@@ -55,6 +55,7 @@ mod session_cache;
 mod session_store;
 mod spa_cors;
 mod stores;
+mod tracing;
 mod ui;
 mod user_budget;
 mod user_common;

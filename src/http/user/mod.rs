@@ -89,7 +89,10 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             Ok(None) => Err(Error::MissingToken),
             Err(why) => Err(Error::InvalidToken(why.label())),
             Ok(Some(t)) => match state.authz.validator().validate(t).await {
-                Ok(id) => Ok(id),
+                Ok(id) => {
+                    crate::telemetry::user_subject(&id);
+                    Ok(id)
+                }
                 Err(TokenError::Invalid(why)) => Err(Error::InvalidToken(why.label())),
                 Err(TokenError::Unavailable(why)) => Err(Error::AuthzUnavailable(why.label())),
             },

@@ -18,9 +18,18 @@ use super::process::{poll_until, ChildGuard};
 #[derive(Clone, Debug, Default)]
 pub struct AppConfig {
     sections: BTreeMap<String, BTreeMap<String, String>>,
+    /// Environment variables of the process that are not configuration
+    /// keys (`OTEL_*`).
+    env: BTreeMap<String, String>,
 }
 
 impl AppConfig {
+    /// Sets an environment variable of `serve`'s process.
+    pub fn set_env(&mut self, name: &str, value: &str) -> &mut Self {
+        self.env.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
     /// Sets `section.key` to a TOML literal, e.g. `"\"1s\""` or `"[\"a\", \"b\"]"`.
     pub fn set(&mut self, section: &str, key: &str, toml_literal: impl Into<String>) -> &mut Self {
         self.sections
@@ -191,11 +200,14 @@ impl App {
             .env_remove("RUST_LOG");
         // The harness's own TWOFA_TEST_* variables (and anything a developer has
         // exported) would otherwise override the file: the environment wins.
+        // Nor may a developer's OpenTelemetry settings export test spans.
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("TWOFA_") {
+            let n = name.to_string_lossy();
+            if n.starts_with("TWOFA_") || n.starts_with("OTEL_") {
                 cmd.env_remove(name);
             }
         }
+        cmd.envs(&config.env);
         let child = ChildGuard::spawn("twofa-authz", cmd, &dir.path().join("twofa-authz.log"));
         App {
             child,

@@ -14,6 +14,7 @@ pub mod http;
 pub mod kc_admin;
 pub mod keycloak;
 pub mod nginx;
+pub mod otlp;
 pub mod ports;
 pub mod postgres;
 pub mod process;
