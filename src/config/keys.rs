@@ -10,7 +10,7 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::{
     CacheConfig, Config, EmailConfig, KeycloakConfig, LogConfig, PolicyConfig, SecurityConfig,
-    ServerConfig, SmsConfig, StorageConfig, TotpConfig, UiConfig,
+    ServerConfig, SmsConfig, StorageConfig, TotpConfig, UiConfig, WebAuthnConfig,
 };
 
 /// The environment variable that names the configuration file; not a key.
@@ -34,6 +34,7 @@ pub fn section_fields(section: &str) -> Option<&'static [&'static str]> {
         "policy" => fields_of::<PolicyConfig>(),
         "log" => fields_of::<LogConfig>(),
         "ui" => fields_of::<UiConfig>(),
+        "webauthn" => fields_of::<WebAuthnConfig>(),
         _ => return None,
     })
 }

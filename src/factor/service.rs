@@ -98,6 +98,8 @@ pub struct Factors {
 pub struct Enrolled {
     pub totp: bool,
     pub recovery_codes: u32,
+    /// Registered WebAuthn credentials (`factor::webauthn`).
+    pub webauthn: u32,
 }
 
 /// What the profile document shows besides the stored profile.
@@ -136,7 +138,7 @@ pub struct NewTotp {
 }
 
 /// What comparing one code gave, inside [`Factors::attempt`].
-enum Compared<T> {
+pub(super) enum Compared<T> {
     Right(T),
     Wrong,
     /// The code matched, but what it proves is no longer there (a parallel
@@ -664,7 +666,7 @@ impl Factors {
 
     // --- the rules -----------------------------------------------------------
 
-    fn method_enabled(&self, m: Factor) -> Result<(), Error> {
+    pub(super) fn method_enabled(&self, m: Factor) -> Result<(), Error> {
         if self.s.security.methods.iter().any(|x| x == m.as_str()) {
             Ok(())
         } else {
@@ -678,19 +680,27 @@ impl Factors {
     async fn enrolled(&self, subject: &str) -> Result<Enrolled, Error> {
         let totp = self.profiles.get_totp(subject).await?.is_some();
         let recovery_codes = self.profiles.recovery_codes(subject).await?.len() as u32;
+        let webauthn = self.profiles.webauthn_credentials(subject).await?.len() as u32;
         Ok(Enrolled {
             totp,
             recovery_codes,
+            webauthn,
         })
     }
 
     /// The second factors this user can use now, among `security.methods`,
     /// in the contract's names: enabled TOTP, verified email, verified
-    /// mobile (`sms`), remaining recovery codes. From the stored profile
+    /// mobile (`sms`), remaining recovery codes, and registered WebAuthn
+    /// credentials (`webauthn`, listed first). From the stored profile
     /// and factors only.
     fn methods(&self, p: &Profile, e: Enrolled) -> Vec<String> {
         let enabled = |m: &str| self.s.security.methods.iter().any(|x| x == m);
         let mut out = Vec::new();
+        // First: the phishing-resistant one, what a frontend should offer
+        // before the others.
+        if e.webauthn > 0 && enabled("webauthn") {
+            out.push("webauthn".to_string());
+        }
         if e.totp && enabled("totp") {
             out.push("totp".to_string());
         }
@@ -704,6 +714,18 @@ impl Factors {
             out.push("recovery".to_string());
         }
         out
+    }
+
+    /// Publishes the methods hint again after a factor was added or
+    /// removed elsewhere (`factor::webauthn`). Best effort, like the hint.
+    pub(super) async fn refresh_methods(&self, id: &Identity, p: &Profile) {
+        match self.enrolled(id.sub()).await {
+            Ok(e) => {
+                let methods = self.methods(p, e);
+                self.publish_methods(id, &methods).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "could not refresh the methods hint"),
+        }
     }
 
     /// Leaves the user's available methods where a Check's 403 can list
@@ -732,7 +754,11 @@ impl Factors {
     /// one within `security.sensitive_max_age`. A session verified long ago,
     /// or a stolen access token, cannot bind a new factor or redirect a
     /// contact.
-    async fn require_recent_factor(&self, id: &Identity, p: &Profile) -> Result<(), Error> {
+    pub(super) async fn require_recent_factor(
+        &self,
+        id: &Identity,
+        p: &Profile,
+    ) -> Result<(), Error> {
         let e = self.enrolled(id.sub()).await?;
         let methods = self.methods(p, e);
         self.publish_methods(id, &methods).await;
@@ -752,7 +778,11 @@ impl Factors {
 
     /// Marks the token's Keycloak session (iss, sub, sid) as having passed
     /// `factor` now, for `security.second_factor_ttl`.
-    async fn mark_verified(&self, id: &Identity, factor: Factor) -> Result<Verified, Error> {
+    pub(super) async fn mark_verified(
+        &self,
+        id: &Identity,
+        factor: Factor,
+    ) -> Result<Verified, Error> {
         let sid = require_sid(id)?;
         let v = Verified {
             factor,
@@ -786,7 +816,7 @@ impl Factors {
 
     /// 423 as above, or 429 while locked out, without taking an attempt
     /// (sending a code).
-    async fn refuse_while_locked(&self, id: &Identity) -> Result<(), Error> {
+    pub(super) async fn refuse_while_locked(&self, id: &Identity) -> Result<(), Error> {
         self.refuse_if_factor_locked(id).await?;
         if let Some(left) = self.eph.ttl(&keys::lockout(&id.subject_key())).await? {
             return Err(Error::TooManyAttempts {
@@ -803,7 +833,7 @@ impl Factors {
     /// `attempts_remaining`, or 429 when it spent the budget (the lockout
     /// starts with it), or 423 when it reached the cap. A right code clears
     /// the counter, the lockout and the series, and the consecutive count.
-    async fn attempt<T>(
+    pub(super) async fn attempt<T>(
         &self,
         id: &Identity,
         method: Factor,
@@ -912,7 +942,7 @@ impl Factors {
     /// `invalid` (wrong, budget left), `locked_out` (wrong, and it spent the
     /// budget), `factor_locked` (wrong at the consecutive cap), `refused`
     /// (not compared: locked out or at the cap), `no_pending`.
-    fn record(&self, method: Factor, result: &str) {
+    pub(super) fn record(&self, method: Factor, result: &str) {
         self.metrics
             .verifications
             .with_label_values(&[method.as_str(), result])
@@ -1076,7 +1106,7 @@ fn require_sid(id: &Identity) -> Result<&str, Error> {
 }
 
 /// The token's session hash (present whenever `sid` is).
-fn require_session(id: &Identity) -> Result<HexKey, Error> {
+pub(super) fn require_session(id: &Identity) -> Result<HexKey, Error> {
     require_sid(id)?;
     id.session_key()
         .map(|k| k.hex())

@@ -20,7 +20,10 @@
 //! - `recovery_code`: one row per unused code, a salted hash only. Ids never
 //!   repeat (AUTOINCREMENT / identity), so an id read before a regeneration
 //!   can never spend a code issued after it;
-//! - `factor_failure`: wrong codes in a row, for the hard lockout cap.
+//! - `factor_failure`: wrong codes in a row, for the hard lockout cap;
+//! - `webauthn_credential` (version 2): registered passkeys, keyed by their
+//!   credential id (unique across users), with the signature counter and
+//!   backup flags that each authentication is checked against.
 //!
 //! The factor tables do not reference `user_profile`: `reset-user` and the
 //! replay guard must work on a subject whatever state its profile is in.
@@ -32,10 +35,11 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "profiles and factors",
-    sql: r#"
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "profiles and factors",
+        sql: r#"
 CREATE TABLE user_profile (
     sub             TEXT PRIMARY KEY NOT NULL,
     username        TEXT,
@@ -71,12 +75,32 @@ CREATE TABLE factor_failure (
     count INTEGER NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "webauthn credentials",
+        sql: r#"
+CREATE TABLE webauthn_credential (
+    id              TEXT PRIMARY KEY NOT NULL,
+    sub             TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    passkey         TEXT NOT NULL,
+    sign_count      INTEGER NOT NULL,
+    backup_eligible INTEGER NOT NULL,
+    backup_state    INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    last_used_at    INTEGER
+);
+CREATE INDEX webauthn_credential_sub ON webauthn_credential (sub);
+"#,
+    },
+];
 
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "profiles and factors",
-    sql: r#"
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "profiles and factors",
+        sql: r#"
 CREATE TABLE user_profile (
     sub             TEXT PRIMARY KEY,
     username        TEXT,
@@ -112,7 +136,26 @@ CREATE TABLE factor_failure (
     count INTEGER NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "webauthn credentials",
+        sql: r#"
+CREATE TABLE webauthn_credential (
+    id              TEXT PRIMARY KEY,
+    sub             TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    passkey         TEXT NOT NULL,
+    sign_count      BIGINT NOT NULL,
+    backup_eligible BOOLEAN NOT NULL,
+    backup_state    BOOLEAN NOT NULL,
+    created_at      BIGINT NOT NULL,
+    last_used_at    BIGINT
+);
+CREATE INDEX webauthn_credential_sub ON webauthn_credential (sub);
+"#,
+    },
+];
 
 /// The schema version this build migrates to.
 pub fn latest() -> i64 {

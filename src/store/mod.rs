@@ -4,8 +4,8 @@
 //!   codes, pending TOTP secrets, attempt counters, lockouts, resend timers,
 //!   seen logout-token `jti`s (Redis or memory);
 //! - [`ProfileStore`]: what must survive restarts: profiles, enrolled factors,
-//!   recovery codes, the last accepted TOTP step, the consecutive-failure
-//!   count (PostgreSQL or SQLite).
+//!   recovery codes, WebAuthn credentials, the last accepted TOTP step, the
+//!   consecutive-failure count (PostgreSQL or SQLite).
 //!
 //! Implementations live beside the traits; `tests/it/conformance.rs` holds
 //! the one test suite per trait that every implementation must pass. Every
@@ -38,6 +38,9 @@ pub enum Factor {
     Email,
     Sms,
     Recovery,
+    /// A WebAuthn credential (passkey), `factor::webauthn`.
+    #[serde(rename = "webauthn")]
+    WebAuthn,
 }
 
 impl Factor {
@@ -48,6 +51,7 @@ impl Factor {
             Factor::Email => 2,
             Factor::Sms => 3,
             Factor::Recovery => 4,
+            Factor::WebAuthn => 5,
         }
     }
 
@@ -57,6 +61,7 @@ impl Factor {
             2 => Factor::Email,
             3 => Factor::Sms,
             4 => Factor::Recovery,
+            5 => Factor::WebAuthn,
             _ => return None,
         })
     }
@@ -67,6 +72,7 @@ impl Factor {
             Factor::Email => "email",
             Factor::Sms => "sms",
             Factor::Recovery => "recovery",
+            Factor::WebAuthn => "webauthn",
         }
     }
 }
@@ -404,6 +410,26 @@ pub struct ResetReport {
     pub totp: bool,
     pub recovery_codes: u32,
     pub failures_cleared: bool,
+    pub webauthn_credentials: u32,
+}
+
+/// A registered WebAuthn credential (table `webauthn_credential`). Public
+/// key material only: nothing here is a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebAuthnCredential {
+    /// The credential id, base64url without padding; unique across users.
+    pub id: String,
+    pub subject: String,
+    /// The user's label for it.
+    pub name: String,
+    /// webauthn-rs's `Passkey`, serialised as JSON: the public key, the
+    /// signature counter and the backup flags it checks against.
+    pub passkey: String,
+    pub sign_count: i64,
+    pub backup_eligible: bool,
+    pub backup_state: bool,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
 }
 
 /// Durable state. Methods that must be atomic say so; both implementations
@@ -466,8 +492,28 @@ pub trait ProfileStore: Send + Sync {
     async fn failures(&self, subject: &str) -> Result<u32, StoreError>;
     async fn clear_failures(&self, subject: &str) -> Result<(), StoreError>;
 
-    /// Administrator reset: removes TOTP, recovery codes and the failure
-    /// count (the profile and contacts stay).
+    /// The subject's WebAuthn credentials, oldest first.
+    async fn webauthn_credentials(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<WebAuthnCredential>, StoreError>;
+    /// Adds one; false (and no change) when its id is registered already
+    /// (to this user or another one).
+    async fn insert_webauthn_credential(&self, c: &WebAuthnCredential) -> Result<bool, StoreError>;
+    /// After an authentication: replaces the stored passkey, counter, flags
+    /// and `last_used_at` only if the stored passkey is still `old_passkey`
+    /// (compare-and-set: of two assertions racing with one counter value,
+    /// one wins). False when it was not.
+    async fn update_webauthn_credential(
+        &self,
+        c: &WebAuthnCredential,
+        old_passkey: &str,
+    ) -> Result<bool, StoreError>;
+    async fn delete_webauthn_credential(&self, subject: &str, id: &str)
+        -> Result<bool, StoreError>;
+
+    /// Administrator reset: removes TOTP, recovery codes, WebAuthn
+    /// credentials and the failure count (the profile and contacts stay).
     async fn reset_user(&self, subject: &str) -> Result<ResetReport, StoreError>;
 }
 
@@ -477,7 +523,13 @@ mod tests {
 
     #[test]
     fn verified_round_trips_in_ten_bytes() {
-        for factor in [Factor::Totp, Factor::Email, Factor::Sms, Factor::Recovery] {
+        for factor in [
+            Factor::Totp,
+            Factor::Email,
+            Factor::Sms,
+            Factor::Recovery,
+            Factor::WebAuthn,
+        ] {
             for at in [0, 1_700_000_000, -1, i64::MAX] {
                 let v = Verified { factor, at };
                 let raw = encode_verified(v);
