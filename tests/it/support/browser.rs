@@ -28,6 +28,8 @@ pub const STEP: Duration = Duration::from_secs(20);
 pub struct Browser {
     pub client: Client,
     driver: Option<ChildGuard>,
+    /// chromedriver's address, for the WebDriver commands fantoccini lacks.
+    driver_addr: String,
     profile: TempDir,
     downloads: PathBuf,
     shots: PathBuf,
@@ -132,11 +134,65 @@ impl Browser {
         Browser {
             client,
             driver: Some(driver),
+            driver_addr: addr,
             profile,
             downloads,
             shots,
             step: AtomicUsize::new(0),
         }
+    }
+
+    /// A WebDriver command on this session by raw HTTP (W3C WebDriver
+    /// extensions fantoccini has no call for); the answer's `value`.
+    pub async fn driver_command(&self, method: &str, path: &str, body: Value) -> Value {
+        let session = self
+            .client
+            .session_id()
+            .await
+            .expect("session id")
+            .expect("a WebDriver session");
+        let target = format!("/session/{session}{path}");
+        let mut req = super::http::request(method, &self.driver_addr, &target)
+            .header("Content-Type", "application/json");
+        if !body.is_null() {
+            req = req.body(body.to_string());
+        }
+        let r = req.send().await;
+        assert_eq!(r.status, 200, "{method} {target}: {}", r.text());
+        r.json()["value"].clone()
+    }
+
+    /// Adds a virtual authenticator to the session (WebAuthn Level 2,
+    /// "Automation"): CTAP2, built in, discoverable credentials, user
+    /// verification that always succeeds. Returns its id.
+    pub async fn add_virtual_authenticator(&self) -> String {
+        let v = self
+            .driver_command(
+                "POST",
+                "/webauthn/authenticator",
+                json!({
+                    "protocol": "ctap2",
+                    "transport": "internal",
+                    "hasResidentKey": true,
+                    "hasUserVerification": true,
+                    "isUserConsenting": true,
+                    "isUserVerified": true,
+                }),
+            )
+            .await;
+        v.as_str().expect("authenticator id").to_string()
+    }
+
+    /// The credentials a virtual authenticator holds (id, rpId, signCount).
+    pub async fn virtual_credentials(&self, authenticator: &str) -> Vec<Value> {
+        let v = self
+            .driver_command(
+                "GET",
+                &format!("/webauthn/authenticator/{authenticator}/credentials"),
+                Value::Null,
+            )
+            .await;
+        v.as_array().cloned().unwrap_or_default()
     }
 
     pub fn downloads(&self) -> &Path {
