@@ -89,6 +89,13 @@ impl Rp {
         let stack = Stack::start_with(None, |c| {
             c.set_str("server", "http_addr", &format!("127.0.0.1:{port}"))
                 .set_str("webauthn", "rp_id", "localhost")
+                // The stand-in's tokens carry a verified email: without
+                // `email` here, a new user has no factor at all.
+                .set(
+                    "security",
+                    "methods",
+                    toml_strings(&["webauthn", "totp", "recovery"]),
+                )
                 .set(
                     "webauthn",
                     "rp_origins",

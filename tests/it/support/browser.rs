@@ -25,11 +25,35 @@ use super::process::{accepts_connections, tool_path, wait_until, ChildGuard};
 /// How long a step may take to show its result in the page.
 pub const STEP: Duration = Duration::from_secs(20);
 
+/// A WebDriver command by path under the session (`Browser::driver_command`).
+#[derive(Debug)]
+struct RawCommand {
+    method: http::Method,
+    path: String,
+    body: Option<String>,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for RawCommand {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/{}",
+            session_id.unwrap_or_default(),
+            self.path
+        ))
+    }
+
+    fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
+        (self.method.clone(), self.body.clone())
+    }
+}
+
 pub struct Browser {
     pub client: Client,
     driver: Option<ChildGuard>,
-    /// chromedriver's address, for the WebDriver commands fantoccini lacks.
-    driver_addr: String,
     profile: TempDir,
     downloads: PathBuf,
     shots: PathBuf,
@@ -134,7 +158,6 @@ impl Browser {
         Browser {
             client,
             driver: Some(driver),
-            driver_addr: addr,
             profile,
             downloads,
             shots,
@@ -142,24 +165,18 @@ impl Browser {
         }
     }
 
-    /// A WebDriver command on this session by raw HTTP (W3C WebDriver
-    /// extensions fantoccini has no call for); the answer's `value`.
+    /// A WebDriver command on this session that fantoccini has no call for
+    /// (W3C WebDriver extensions); the answer's `value`.
     pub async fn driver_command(&self, method: &str, path: &str, body: Value) -> Value {
-        let session = self
-            .client
-            .session_id()
+        let cmd = RawCommand {
+            method: http::Method::from_bytes(method.as_bytes()).expect("an HTTP method"),
+            path: path.trim_start_matches('/').to_string(),
+            body: (!body.is_null()).then(|| body.to_string()),
+        };
+        self.client
+            .issue_cmd(cmd)
             .await
-            .expect("session id")
-            .expect("a WebDriver session");
-        let target = format!("/session/{session}{path}");
-        let mut req = super::http::request(method, &self.driver_addr, &target)
-            .header("Content-Type", "application/json");
-        if !body.is_null() {
-            req = req.body(body.to_string());
-        }
-        let r = req.send().await;
-        assert_eq!(r.status, 200, "{method} {target}: {}", r.text());
-        r.json()["value"].clone()
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
     }
 
     /// Adds a virtual authenticator to the session (WebAuthn Level 2,
