@@ -877,7 +877,9 @@ fn validate_webauthn(c: &Config) -> Result<(), ConfigError> {
                 format!("`{o}` is not on webauthn.rp_id `{id}` or a subdomain of it"),
             ));
         }
-        let secure = u.scheme() == "https" || (u.scheme() == "http" && host == "localhost");
+        // Browsers treat `localhost` and its subdomains as secure contexts.
+        let local = host == "localhost" || host.ends_with(".localhost");
+        let secure = u.scheme() == "https" || (u.scheme() == "http" && local);
         if !secure || u.path() != "/" || u.query().is_some() {
             return Err(ConfigError::new(
                 "webauthn.rp_origins",

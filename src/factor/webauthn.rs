@@ -361,6 +361,21 @@ impl Passkeys {
             "/rs/policy",
             self.uv,
         )?;
+        if self.uv != "required" {
+            // webauthn-rs asks for credProtect "userVerificationRequired",
+            // which contradicts a request that does not require
+            // verification (Chromium refuses the pair): asked for only with
+            // `required`, and never expected then.
+            for ext in [
+                options.pointer_mut("/publicKey/extensions"),
+                state.pointer_mut("/rs/extensions"),
+            ] {
+                if let Some(Value::Object(m)) = ext {
+                    m.remove("credentialProtectionPolicy");
+                    m.remove("enforceCredentialProtectionPolicy");
+                }
+            }
+        }
         self.put_ceremony(id, Ceremony::Register, state).await?;
         Ok(options)
     }
