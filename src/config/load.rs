@@ -1348,6 +1348,82 @@ mod tests {
     }
 
     #[test]
+    fn webauthn_joins_the_default_methods_once_a_relying_party_is_set() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut env = base_env();
+            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            load(None, env, false)
+        };
+        let c = with(&[]).unwrap();
+        assert!(!c.security.methods.iter().any(|m| m == "webauthn"));
+        let rp = ("TWOFA_WEBAUTHN__RP_ID", "example.com");
+        let c = with(&[rp]).unwrap();
+        assert_eq!(
+            c.security.methods,
+            ["totp", "email", "sms", "recovery", "webauthn"]
+        );
+        assert_eq!(c.webauthn.origins(), ["https://example.com"]);
+        assert_eq!(c.webauthn.user_verification, "preferred");
+        // An explicit list is taken as written.
+        let c = with(&[rp, ("TWOFA_SECURITY__METHODS", "totp,recovery")]).unwrap();
+        assert_eq!(c.security.methods, ["totp", "recovery"]);
+        let c = with(&[
+            rp,
+            (
+                "TWOFA_WEBAUTHN__RP_ORIGINS",
+                "https://app.example.com,https://example.com:8443",
+            ),
+            ("TWOFA_WEBAUTHN__USER_VERIFICATION", "required"),
+        ])
+        .unwrap();
+        assert_eq!(c.webauthn.origins().len(), 2);
+        let c = with(&[
+            ("TWOFA_WEBAUTHN__RP_ID", "localhost"),
+            (
+                "TWOFA_WEBAUTHN__RP_ORIGINS",
+                "http://localhost:8090,http://app.localhost:8090",
+            ),
+        ])
+        .unwrap();
+        assert!(c.security.methods.iter().any(|m| m == "webauthn"));
+        for (extra, key) in [
+            (
+                vec![("TWOFA_SECURITY__METHODS", "totp,webauthn")],
+                "security.methods",
+            ),
+            (
+                vec![("TWOFA_WEBAUTHN__RP_ORIGINS", "https://example.com")],
+                "webauthn.rp_origins",
+            ),
+            (
+                vec![rp, ("TWOFA_WEBAUTHN__RP_ORIGINS", "https://example.org")],
+                "webauthn.rp_origins",
+            ),
+            (
+                vec![rp, ("TWOFA_WEBAUTHN__RP_ORIGINS", "http://app.example.com")],
+                "webauthn.rp_origins",
+            ),
+            (
+                vec![
+                    rp,
+                    ("TWOFA_WEBAUTHN__RP_ORIGINS", "https://example.com/login"),
+                ],
+                "webauthn.rp_origins",
+            ),
+            (
+                vec![("TWOFA_WEBAUTHN__RP_ID", "https://example.com")],
+                "webauthn.rp_id",
+            ),
+            (
+                vec![rp, ("TWOFA_WEBAUTHN__USER_VERIFICATION", "always")],
+                "webauthn.user_verification",
+            ),
+        ] {
+            assert_eq!(with(&extra).unwrap_err().key, key, "{extra:?}");
+        }
+    }
+
+    #[test]
     fn log_providers_are_refused_outside_dev_mode_while_their_channel_is_a_method() {
         let c = load(None, base_env(), false).unwrap();
         let e = check_delivery(&c).unwrap_err();

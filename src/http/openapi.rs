@@ -359,6 +359,7 @@ mod tests {
             include_str!("user/otp.rs"),
             include_str!("user/totp.rs"),
             include_str!("user/recovery.rs"),
+            include_str!("user/webauthn.rs"),
             include_str!("dev.rs"),
             include_str!("health.rs"),
             include_str!("logout.rs"),

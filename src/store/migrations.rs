@@ -302,6 +302,16 @@ mod tests {
             "973fb96e47146b0a4f97051ffb5dfa3d10face930daba988992d2180bc304637",
             "PostgreSQL migration 1 was edited"
         );
+        assert_eq!(
+            SQLITE[1].checksum(),
+            "0764046dac2542863bf2083a5aceb6d9a56528314c55322c8c4e5be616ae9f34",
+            "SQLite migration 2 was edited"
+        );
+        assert_eq!(
+            POSTGRES[1].checksum(),
+            "fe3e2901a34f6c60f8f21f9f918d9786349b727d2b8a778df93ab2886241caf4",
+            "PostgreSQL migration 2 was edited"
+        );
     }
 
     const KNOWN: &[Migration] = &[

@@ -61,7 +61,12 @@ where
 {
     let auto = config(url, true);
     let manual = config(url, false);
-    expect_migrate(&auto, 0, &["schema version 1"]);
+    expect_migrate(&auto, 0, &["schema version 2"]);
+    // Migration 2 (WebAuthn credentials) is recorded with its checksum too.
+    let second = exec("SELECT checksum FROM schema_migrations WHERE version = 2")
+        .await
+        .expect("a checksum for migration 2");
+    assert_eq!(second.len(), 64, "checksum {second:?}");
     let recorded = exec("SELECT checksum FROM schema_migrations WHERE version = 1")
         .await
         .expect("a checksum for migration 1");
@@ -88,7 +93,7 @@ where
     let says = [
         "99",
         "from the future",
-        "schema version 1",
+        "schema version 2",
         "newer twofa-authz",
     ];
     expect_migrate(&auto, 1, &says);

@@ -158,7 +158,9 @@ impl Rp {
     async fn failures(&self, ceremony: &str, reason: &str) -> f64 {
         metric(
             &self.metrics().await,
-            &format!("twofa_webauthn_failures_total{{ceremony=\"{ceremony}\",reason=\"{reason}\"}}"),
+            &format!(
+                "twofa_webauthn_failures_total{{ceremony=\"{ceremony}\",reason=\"{reason}\"}}"
+            ),
         )
     }
 
@@ -170,11 +172,16 @@ impl Rp {
     }
 
     async fn check(&self, t: &Token) -> Response {
-        self.stack.authz("GET", "/app/x").bearer(&t.jwt).send().await
+        self.stack
+            .authz("GET", "/app/x")
+            .bearer(&t.jwt)
+            .send()
+            .await
     }
 
     fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.stack.app.dir().join("twofa.db")).expect("open the database")
+        rusqlite::Connection::open(self.stack.app.dir().join("twofa.db"))
+            .expect("open the database")
     }
 
     /// A profile for `user`, and a token of it in a new session.
@@ -193,9 +200,19 @@ impl Rp {
     /// assertion with it in `t`'s session.
     async fn enrolled(&self, t: &Token) -> Value {
         let reg = self.ceremony("register", t, "key").await;
-        assert_eq!(reg["finish"]["status"], 201, "{reg}\n{}", self.stack.app.log());
+        assert_eq!(
+            reg["finish"]["status"],
+            201,
+            "{reg}\n{}",
+            self.stack.app.log()
+        );
         let auth = self.ceremony("authenticate", t, "").await;
-        assert_eq!(auth["finish"]["status"], 200, "{auth}\n{}", self.stack.app.log());
+        assert_eq!(
+            auth["finish"]["status"],
+            200,
+            "{auth}\n{}",
+            self.stack.app.log()
+        );
         auth
     }
 }
@@ -223,9 +240,17 @@ async fn a_passkey_registers_authenticates_and_passes_the_check() {
 
     // Registration: the user has no factor yet, so none is asked for.
     let reg = rp.ceremony("register", &alice, "Laptop").await;
-    assert_eq!(reg["finish"]["status"], 201, "{reg}\n{}", rp.stack.app.log());
+    assert_eq!(
+        reg["finish"]["status"],
+        201,
+        "{reg}\n{}",
+        rp.stack.app.log()
+    );
     assert_eq!(reg["finish"]["body"]["name"], "Laptop", "{reg}");
-    let cred_id = reg["finish"]["body"]["id"].as_str().expect("id").to_string();
+    let cred_id = reg["finish"]["body"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     assert_eq!(
         reg["body"]["credential"]["id"], cred_id,
         "the id is the credential's"
@@ -241,7 +266,11 @@ async fn a_passkey_registers_authenticates_and_passes_the_check() {
 
     let profile = rp.call("GET", "/user", &alice, Value::Null).await.json();
     assert_eq!(profile["methods"][0], "webauthn", "{profile}");
-    assert_eq!(profile["session"]["second_factor"], Value::Null, "{profile}");
+    assert_eq!(
+        profile["session"]["second_factor"],
+        Value::Null,
+        "{profile}"
+    );
     let list = rp
         .call("GET", "/user/webauthn/credentials", &alice, Value::Null)
         .await;
@@ -255,12 +284,22 @@ async fn a_passkey_registers_authenticates_and_passes_the_check() {
 
     // Registering verifies nothing; the 403 now lists the passkey.
     let r = rp.check(&alice).await;
-    expect(&r, 403, Some("second_factor_required"), "check after registering");
+    expect(
+        &r,
+        403,
+        Some("second_factor_required"),
+        "check after registering",
+    );
     assert_eq!(r.json()["methods"], json!(["webauthn"]), "{}", r.text());
 
     // Authentication: the session becomes verified with `webauthn`.
     let auth = rp.ceremony("authenticate", &alice, "").await;
-    assert_eq!(auth["finish"]["status"], 200, "{auth}\n{}", rp.stack.app.log());
+    assert_eq!(
+        auth["finish"]["status"],
+        200,
+        "{auth}\n{}",
+        rp.stack.app.log()
+    );
     assert_eq!(auth["finish"]["body"], json!({"verified": true}));
     let allow_list = &auth["start"]["body"]["publicKey"]["allowCredentials"];
     assert_eq!(allow_list[0]["id"], cred_id, "{allow_list}");
@@ -301,18 +340,45 @@ async fn a_passkey_registers_authenticates_and_passes_the_check() {
     let r = rp
         .call("POST", "/user/webauthn/register/start", &other, Value::Null)
         .await;
-    expect(&r, 403, Some("second_factor_required"), "add from an unverified session");
+    expect(
+        &r,
+        403,
+        Some("second_factor_required"),
+        "add from an unverified session",
+    );
     assert_eq!(r.json()["max_age"], 600, "{}", r.text());
     assert_eq!(r.json()["methods"], json!(["webauthn"]), "{}", r.text());
     let path = format!("/user/webauthn/credentials/{cred_id}");
     let r = rp.call("DELETE", &path, &other, Value::Null).await;
-    expect(&r, 403, Some("second_factor_required"), "remove from an unverified session");
-    let r = rp.call("DELETE", "/user/webauthn/credentials/nope", &alice, Value::Null).await;
-    expect(&r, 404, Some("webauthn_credential_not_found"), "remove an unknown one");
+    expect(
+        &r,
+        403,
+        Some("second_factor_required"),
+        "remove from an unverified session",
+    );
+    let r = rp
+        .call(
+            "DELETE",
+            "/user/webauthn/credentials/nope",
+            &alice,
+            Value::Null,
+        )
+        .await;
+    expect(
+        &r,
+        404,
+        Some("webauthn_credential_not_found"),
+        "remove an unknown one",
+    );
     let r = rp.call("DELETE", &path, &alice, Value::Null).await;
     expect(&r, 204, None, "remove from the verified session");
     let r = rp
-        .call("POST", "/user/webauthn/authenticate/start", &alice, Value::Null)
+        .call(
+            "POST",
+            "/user/webauthn/authenticate/start",
+            &alice,
+            Value::Null,
+        )
         .await;
     expect(&r, 404, Some("webauthn_not_enabled"), "no credential left");
 
@@ -345,47 +411,97 @@ async fn replayed_foreign_expired_and_cloned_assertions_are_refused_and_counted(
     // A replay: the same finish body again. Its ceremony is spent.
     let replayed = first["body"].clone();
     let r = rp
-        .call("POST", "/user/webauthn/authenticate/finish", &alice, replayed.clone())
+        .call(
+            "POST",
+            "/user/webauthn/authenticate/finish",
+            &alice,
+            replayed.clone(),
+        )
         .await;
     expect(&r, 404, Some("no_pending_ceremony"), "replay");
     assert_eq!(rp.failures("authenticate", "no_ceremony").await, 1.0);
     // The same replay while a new ceremony waits: the challenge differs,
     // and the refusal counts against the attempt budget.
     let r = rp
-        .call("POST", "/user/webauthn/authenticate/start", &alice, Value::Null)
+        .call(
+            "POST",
+            "/user/webauthn/authenticate/start",
+            &alice,
+            Value::Null,
+        )
         .await;
     expect(&r, 200, None, "start");
     let r = rp
-        .call("POST", "/user/webauthn/authenticate/finish", &alice, replayed)
+        .call(
+            "POST",
+            "/user/webauthn/authenticate/finish",
+            &alice,
+            replayed,
+        )
         .await;
-    expect(&r, 400, Some("invalid_code"), "replay against a new challenge");
+    expect(
+        &r,
+        400,
+        Some("invalid_code"),
+        "replay against a new challenge",
+    );
     assert_eq!(r.json()["attempts_remaining"], 4, "{}", r.text());
     assert_eq!(rp.failures("authenticate", "challenge").await, 1.0);
 
     // Another session's challenge: started in session A, answered in B.
     let b = rp.session("wa-refused");
     let start_a = rp
-        .call("POST", "/user/webauthn/authenticate/start", &alice, Value::Null)
+        .call(
+            "POST",
+            "/user/webauthn/authenticate/start",
+            &alice,
+            Value::Null,
+        )
         .await;
     expect(&start_a, 200, None, "start in A");
     let assertion_a = rp.browser_op("get", &start_a.json(), None).await;
     let body_a = json!({ "credential": assertion_a });
     let r = rp
-        .call("POST", "/user/webauthn/authenticate/finish", &b, body_a.clone())
+        .call(
+            "POST",
+            "/user/webauthn/authenticate/finish",
+            &b,
+            body_a.clone(),
+        )
         .await;
-    expect(&r, 404, Some("no_pending_ceremony"), "A's assertion in B, B started nothing");
+    expect(
+        &r,
+        404,
+        Some("no_pending_ceremony"),
+        "A's assertion in B, B started nothing",
+    );
     let r = rp
         .call("POST", "/user/webauthn/authenticate/start", &b, Value::Null)
         .await;
     expect(&r, 200, None, "start in B");
     let r = rp
-        .call("POST", "/user/webauthn/authenticate/finish", &b, body_a.clone())
+        .call(
+            "POST",
+            "/user/webauthn/authenticate/finish",
+            &b,
+            body_a.clone(),
+        )
         .await;
-    expect(&r, 400, Some("invalid_code"), "A's assertion for B's challenge");
+    expect(
+        &r,
+        400,
+        Some("invalid_code"),
+        "A's assertion for B's challenge",
+    );
     assert_eq!(r.json()["attempts_remaining"], 3, "{}", r.text());
     assert_eq!(rp.failures("authenticate", "challenge").await, 2.0);
     let check_b = rp.check(&b).await;
-    expect(&check_b, 403, Some("second_factor_required"), "B stays unverified");
+    expect(
+        &check_b,
+        403,
+        Some("second_factor_required"),
+        "B stays unverified",
+    );
     // A's ceremony was untouched by B's attempts: A's answer still passes
     // (and the success clears the budget).
     let r = rp
@@ -396,7 +512,12 @@ async fn replayed_foreign_expired_and_cloned_assertions_are_refused_and_counted(
     // An expired ceremony: its stored deadline has passed (the key's TTL,
     // 5 minutes, is what the store enforces by itself).
     let start = rp
-        .call("POST", "/user/webauthn/authenticate/start", &alice, Value::Null)
+        .call(
+            "POST",
+            "/user/webauthn/authenticate/start",
+            &alice,
+            Value::Null,
+        )
         .await;
     expect(&start, 200, None, "start");
     let assertion = rp.browser_op("get", &start.json(), None).await;
@@ -409,9 +530,17 @@ async fn replayed_foreign_expired_and_cloned_assertions_are_refused_and_counted(
         .into_iter()
         .find(|k| k.contains("wa:{") && k.contains(":auth:"))
         .expect("the ceremony's key");
-    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut conn).await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!((1..=300).contains(&ttl), "ceremony TTL {ttl}");
-    let raw: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+    let raw: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let mut stored: Value = serde_json::from_str(&raw).unwrap();
     let exp = stored["exp"].as_i64().expect("exp");
     assert!(exp - crate::support::keycloak::now() <= 300, "{exp}");

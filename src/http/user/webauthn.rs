@@ -10,7 +10,6 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::ToSchema;
 use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
@@ -23,18 +22,6 @@ use crate::http::ApiJson;
 
 /// A credential id is the base64url of at most 1023 bytes (WebAuthn L3).
 const MAX_CREDENTIAL_ID: usize = 1400;
-
-/// `PublicKeyCredentialCreationOptions` under `publicKey`, binary members
-/// base64url (webauthn-rs's `CreationChallengeResponse`).
-#[derive(ToSchema)]
-#[schema(as = WebAuthnCreationOptions, value_type = Object)]
-pub struct CreationOptions(#[allow(dead_code)] Value);
-
-/// `PublicKeyCredentialRequestOptions` under `publicKey`, binary members
-/// base64url (webauthn-rs's `RequestChallengeResponse`).
-#[derive(ToSchema)]
-#[schema(as = WebAuthnRequestOptions, value_type = Object)]
-pub struct RequestOptions(#[allow(dead_code)] Value);
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -129,7 +116,7 @@ problems!(
     operation_id = "webauthn_register_start",
     tag = "user",
     security(("bearer" = [])),
-    responses((status = 200, description = "creation options", body = CreationOptions), RegisterStartProblems)
+    responses((status = 200, description = "creation options: webauthn-rs's `CreationChallengeResponse`, `PublicKeyCredentialCreationOptions` under `publicKey`, binary members base64url", body = serde_json::Value), RegisterStartProblems)
 )]
 pub async fn register_start(
     State(state): State<Arc<AppState>>,
@@ -213,7 +200,7 @@ problems!(
     operation_id = "webauthn_authenticate_start",
     tag = "user",
     security(("bearer" = [])),
-    responses((status = 200, description = "request options", body = RequestOptions), AuthenticateStartProblems)
+    responses((status = 200, description = "request options: webauthn-rs's `RequestChallengeResponse`, `PublicKeyCredentialRequestOptions` under `publicKey`, binary members base64url", body = serde_json::Value), AuthenticateStartProblems)
 )]
 pub async fn authenticate_start(
     State(state): State<Arc<AppState>>,
