@@ -13,7 +13,9 @@
 //! on adding and removing, and refusals, each counted: a replayed
 //! assertion, an assertion for another session's challenge, an expired
 //! ceremony, a cloned authenticator (the stored counter ahead of the
-//! authenticator's), a wrong origin, a wrong rp id.
+//! authenticator's), a wrong origin, a wrong rp id. And the `/ui/` page's
+//! own buttons in dev mode: adding a passkey, then passing the factor with
+//! it in a new session, offered before the other factors.
 
 use serde_json::{json, Value};
 
@@ -634,4 +636,39 @@ async fn a_wrong_origin_or_rp_id_is_refused_and_counted() {
         .await;
     expect(&r, 400, Some("invalid_credential"), "wrong rp id");
     assert_eq!(rp.failures("register", "rp_id").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_page_adds_a_passkey_and_offers_it_first() {
+    let port = free_port();
+    let config =
+        format!("[webauthn]\nrp_id = \"localhost\"\nrp_origins = [\"http://localhost:{port}\"]\n");
+    let dev = crate::ui::Dev::start_on(&format!("127.0.0.1:{port}"), &config, &[]).await;
+    let b = Browser::start("webauthn_ui", "en").await;
+    let authenticator = b.add_virtual_authenticator().await;
+    let base = format!("http://localhost:{port}/ui/");
+    b.goto(&base).await;
+    crate::ui::dev_sign_in(&b, "wa-ui").await;
+    // Signed in without an email address: no factor yet, so adding the
+    // first one asks for none.
+    b.visible("#act-passkey").await;
+    b.click("#act-passkey").await;
+    b.text_contains("#status", "Passkey added").await;
+    b.text_contains("#acc-factors", "Passkey").await;
+    assert_eq!(b.virtual_credentials(&authenticator).await.len(), 1);
+    b.shot("passkey-added").await;
+
+    // A new session: the passkey is offered first, and passes.
+    b.client.refresh().await.unwrap();
+    crate::ui::dev_sign_in(&b, "wa-ui").await;
+    b.visible("#v-webauthn").await;
+    let first_visible = r#"return [...document.querySelectorAll('#verify > div, #verify > form')]
+        .filter((e) => !e.hidden).map((e) => e.id);"#;
+    let offered = b.client.execute(first_visible, vec![]).await.unwrap();
+    assert_eq!(offered[0], "v-webauthn", "{offered}");
+    b.shot("passkey-offered-first").await;
+    b.click("#v-webauthn-go").await;
+    b.text_contains("#status", "Second factor confirmed").await;
+    b.text_contains("#acc-session", "Passkey").await;
+    b.shot("passkey-passed").await;
 }
