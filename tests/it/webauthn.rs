@@ -655,7 +655,12 @@ async fn the_ui_page_adds_a_passkey_and_offers_it_first() {
     b.click("#act-passkey").await;
     b.text_contains("#status", "Passkey added").await;
     b.text_contains("#acc-factors", "Passkey").await;
-    assert_eq!(b.virtual_credentials(&authenticator).await.len(), 1);
+    assert_eq!(
+        b.virtual_credentials(&authenticator).await.len(),
+        1,
+        "{}",
+        dev.log()
+    );
     b.shot("passkey-added").await;
 
     // A new session: the passkey is offered first, and passes.
