@@ -677,3 +677,61 @@ async fn the_ui_page_adds_a_passkey_and_offers_it_first() {
     b.text_contains("#acc-session", "Passkey").await;
     b.shot("passkey-passed").await;
 }
+
+/// Refused assertions spend the one attempt budget of every factor: with
+/// `security.max_attempts = 2` the second one locks the user out, and then
+/// a recovery code is refused unchecked too, and so is a new ceremony.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_assertions_spend_the_budget_shared_with_codes() {
+    crate::support::with_settings(&[("security", "max_attempts", "2")], async {
+        let rp = Rp::start("webauthn_budget", free_port(), None).await;
+        let t = rp.user("wa-budget").await;
+        let first = rp.enrolled(&t).await;
+        let old = &first["body"];
+        let r = wrong_assertion(&rp, &t, old).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(r.json()["attempts_remaining"], 1, "{}", r.text());
+        let r = wrong_assertion(&rp, &t, old).await;
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(r.json()["code"], "too_many_attempts", "{}", r.text());
+        assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+        let r = rp
+            .call(
+                "POST",
+                "/user/verify-recovery-code",
+                &t,
+                json!({"code": "AAAA-BBBB-CCCC-DDDD"}),
+            )
+            .await;
+        expect(
+            &r,
+            429,
+            Some("too_many_attempts"),
+            "a code while locked out",
+        );
+        let r = rp
+            .call("POST", "/user/webauthn/authenticate/start", &t, Value::Null)
+            .await;
+        expect(
+            &r,
+            429,
+            Some("too_many_attempts"),
+            "a ceremony while locked out",
+        );
+        assert_eq!(rp.verifications("invalid").await, 1.0);
+        assert_eq!(rp.verifications("locked_out").await, 1.0);
+        let m = rp.metrics().await;
+        assert_eq!(metric(&m, "twofa_lockouts_total"), 1.0, "{m}");
+    })
+    .await;
+}
+
+/// A new ceremony answered with an old assertion: compared, and wrong.
+async fn wrong_assertion(rp: &Rp, t: &Token, old: &Value) -> Response {
+    let r = rp
+        .call("POST", "/user/webauthn/authenticate/start", t, Value::Null)
+        .await;
+    expect(&r, 200, None, "start");
+    rp.call("POST", "/user/webauthn/authenticate/finish", t, old.clone())
+        .await
+}
