@@ -735,3 +735,42 @@ async fn wrong_assertion(rp: &Rp, t: &Token, old: &Value) -> Response {
     rp.call("POST", "/user/webauthn/authenticate/finish", t, old.clone())
         .await
 }
+
+/// `webauthn.user_verification = "required"`: the options ask for it (and
+/// for credProtect), and the virtual authenticator, which verifies its user,
+/// passes both ceremonies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_user_verification_is_asked_for_and_met() {
+    crate::support::with_settings(
+        &[("webauthn", "user_verification", "\"required\"")],
+        async {
+            let rp = Rp::start("webauthn_uv_required", free_port(), None).await;
+            let t = rp.user("wa-uv").await;
+            let reg = rp.ceremony("register", &t, "key").await;
+            assert_eq!(
+                reg["finish"]["status"],
+                201,
+                "{reg}\n{}",
+                rp.stack.app.log()
+            );
+            let options = &reg["start"]["body"]["publicKey"];
+            assert_eq!(
+                options["authenticatorSelection"]["userVerification"], "required",
+                "{options}"
+            );
+            assert_eq!(
+                options["extensions"]["credentialProtectionPolicy"], "userVerificationRequired",
+                "{options}"
+            );
+            let auth = rp.ceremony("authenticate", &t, "").await;
+            assert_eq!(auth["finish"]["status"], 200, "{auth}");
+            assert_eq!(
+                auth["start"]["body"]["publicKey"]["userVerification"], "required",
+                "{auth}"
+            );
+            let r = rp.check(&t).await;
+            assert_eq!(r.header("x-auth-request-second-factor"), Some("webauthn"));
+        },
+    )
+    .await;
+}
