@@ -6,9 +6,11 @@
 #
 # Stage 1 compiles the release binary with the toolchain from the official Rust
 # image; `--locked` refuses to build if Cargo.lock is out of date. The build needs
-# no system protoc (build.rs uses a vendored one) and no OpenSSL (rustls/aws-lc).
-# Stage 2 is distroless: glibc, CA certificates and nothing else (no shell, no
-# package manager), running as the image's unprivileged "nonroot" user.
+# no system protoc (build.rs uses a vendored one); TLS is rustls/aws-lc, but
+# webauthn-rs links OpenSSL (libssl-dev and pkg-config in the build stage).
+# Stage 2 is distroless: glibc, libssl3, CA certificates and nothing else (no
+# shell, no package manager), running as the image's unprivileged "nonroot"
+# user.
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src
@@ -17,6 +19,9 @@ WORKDIR /src
 # Unset: "unknown".
 ARG TWOFA_BUILD_COMMIT=unknown
 ENV TWOFA_BUILD_COMMIT=${TWOFA_BUILD_COMMIT}
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libssl-dev pkg-config \
+    && rm -rf /var/lib/apt/lists/*
 COPY . .
 # The cache mounts keep the crate registry and the target directory between
 # builds (BuildKit); the binary is copied out of the cached target dir in the

@@ -3,7 +3,8 @@
 #
 # On a fresh Debian machine it installs what is missing (nginx with headers-more,
 # caddy, redis-server, postgresql, zbar-tools, oathtool, chromium and
-# chromium-driver for the /ui/ browser tests; Envoy and aiosmtpd into the local
+# chromium-driver for the /ui/ and WebAuthn browser tests, libssl-dev and
+# pkg-config for webauthn-rs; Envoy and aiosmtpd into the local
 # venv .venv-test/), then runs formatting, clippy and every test. The tests start
 # their own throwaway services on free loopback ports: nothing already running on
 # the machine is used or disturbed.
@@ -69,6 +70,9 @@ install_system_packages() {
     # The /ui/ page's tests drive a real headless Chromium over WebDriver.
     [[ -x /usr/bin/chromium ]] || missing+=(chromium)
     [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
+    # webauthn-rs links OpenSSL: its headers and pkg-config to find them.
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
     command -v python3 >/dev/null || missing+=(python3)
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
     if ((${#missing[@]} == 0)); then

@@ -174,6 +174,12 @@ pub async fn reset_user(cfg: Config, sub: &str) -> i32 {
         if report.failures_cleared { "cleared" } else { "was zero" },
         if lockout { "cleared" } else { "none" },
     );
+    if report.webauthn_credentials > 0 {
+        println!(
+            "reset {sub}: {} WebAuthn credential(s) removed",
+            report.webauthn_credentials
+        );
+    }
     if cfg.storage.redis_url.expose() == "memory://" {
         println!(
             "note: storage.redis_url is memory://, so lockouts and sessions live inside the running \
@@ -184,6 +190,8 @@ pub async fn reset_user(cfg: Config, sub: &str) -> i32 {
         event
             .field("totp_removed", report.totp)
             .field("recovery_codes_removed", report.recovery_codes)
+            .field("webauthn_credentials_removed", report.webauthn_credentials)
+            .field("remembered_devices_removed", report.remembered_devices)
             .field("sessions_removed", n),
     );
     audit.close(within).await;

@@ -36,6 +36,7 @@ use crate::crypto::KeyRing;
 use crate::delivery::Delivery;
 use crate::factor::hashing::HashPool;
 use crate::factor::service::{Directory, Ports, Settings};
+use crate::factor::webauthn::{PasskeyPorts, Passkeys};
 use crate::factor::Factors;
 use crate::keycloak::AdminClient;
 use crate::metrics::Metrics;
@@ -76,6 +77,8 @@ pub struct AppState {
     pub keycloak_admin: Option<Arc<AdminClient>>,
     /// Every rule of the `/user` API's factor and contact flows.
     pub factors: Arc<Factors>,
+    /// WebAuthn passkeys (`factor::webauthn`), built on `factors`.
+    pub passkeys: Arc<Passkeys>,
     /// Argon2id hashing of recovery codes, a few at a time with bounded
     /// memory (`factor::hashing`).
     pub hashing: Arc<HashPool>,
@@ -254,6 +257,17 @@ impl AppState {
                 mobile_attribute: cfg.keycloak.mobile_attribute.clone(),
             },
         ));
+        let passkeys = Arc::new(Passkeys::new(
+            PasskeyPorts {
+                factors: factors.clone(),
+                ephemeral: ephemeral.clone(),
+                profiles: profiles.clone(),
+                metrics: metrics.clone(),
+                clock: clock.clone(),
+            },
+            &cfg.webauthn,
+            &cfg.totp.issuer,
+        )?);
         let authz = Arc::new(Authorizer::new(
             &cfg,
             validator,
@@ -276,6 +290,7 @@ impl AppState {
             delivery,
             keycloak_admin,
             factors,
+            passkeys,
             hashing,
             audit,
         }))

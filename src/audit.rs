@@ -45,6 +45,8 @@ pub enum Kind {
     BackchannelLogout,
     DeviceRemembered,
     DeviceRevoked,
+    WebAuthnRegistered,
+    WebAuthnRemoved,
 }
 
 impl Kind {
@@ -64,6 +66,8 @@ impl Kind {
             Kind::BackchannelLogout => "backchannel_logout",
             Kind::DeviceRemembered => "device_remembered",
             Kind::DeviceRevoked => "device_revoked",
+            Kind::WebAuthnRegistered => "webauthn_registered",
+            Kind::WebAuthnRemoved => "webauthn_removed",
         }
     }
 }

@@ -64,6 +64,16 @@ pub enum Error {
     TotpAlreadyEnabled,
     #[error("the second factor of this user is locked; an administrator must reset it")]
     FactorLocked,
+    #[error("there is no WebAuthn ceremony in progress for this session (none started, already finished, or expired)")]
+    NoPendingCeremony,
+    #[error("the WebAuthn credential could not be verified: {0}")]
+    InvalidCredential(String),
+    #[error("no WebAuthn credential with this id is registered for this user")]
+    WebAuthnCredentialNotFound,
+    #[error("this WebAuthn credential is registered already")]
+    WebAuthnCredentialExists,
+    #[error("this user has no WebAuthn credential")]
+    WebAuthnNotEnabled,
     #[error("the logout token is not valid")]
     InvalidLogoutToken(&'static str),
     /// `security.remember_device_ttl` is 0: the remembered-device routes
@@ -143,6 +153,11 @@ catalogue! {
     TOTP_NOT_ENABLED = "totp_not_enabled", NOT_FOUND, "TOTP not enabled";
     TOTP_ALREADY_ENABLED = "totp_already_enabled", CONFLICT, "TOTP already enabled";
     FACTOR_LOCKED = "factor_locked", LOCKED, "Factor locked";
+    NO_PENDING_CEREMONY = "no_pending_ceremony", NOT_FOUND, "No pending WebAuthn ceremony";
+    INVALID_CREDENTIAL = "invalid_credential", BAD_REQUEST, "Invalid WebAuthn credential";
+    WEBAUTHN_CREDENTIAL_NOT_FOUND = "webauthn_credential_not_found", NOT_FOUND, "WebAuthn credential not found";
+    WEBAUTHN_CREDENTIAL_EXISTS = "webauthn_credential_exists", CONFLICT, "WebAuthn credential exists";
+    WEBAUTHN_NOT_ENABLED = "webauthn_not_enabled", NOT_FOUND, "WebAuthn not enabled";
     INVALID_LOGOUT_TOKEN = "invalid_logout_token", BAD_REQUEST, "Invalid logout token";
     REMEMBERED_DEVICES_DISABLED = "remembered_devices_disabled", NOT_FOUND, "Remembered devices disabled";
     DEVICE_NOT_FOUND = "device_not_found", NOT_FOUND, "Device not found";
@@ -183,6 +198,11 @@ impl Error {
             Error::TotpNotEnabled => &p::TOTP_NOT_ENABLED,
             Error::TotpAlreadyEnabled => &p::TOTP_ALREADY_ENABLED,
             Error::FactorLocked => &p::FACTOR_LOCKED,
+            Error::NoPendingCeremony => &p::NO_PENDING_CEREMONY,
+            Error::InvalidCredential(_) => &p::INVALID_CREDENTIAL,
+            Error::WebAuthnCredentialNotFound => &p::WEBAUTHN_CREDENTIAL_NOT_FOUND,
+            Error::WebAuthnCredentialExists => &p::WEBAUTHN_CREDENTIAL_EXISTS,
+            Error::WebAuthnNotEnabled => &p::WEBAUTHN_NOT_ENABLED,
             Error::InvalidLogoutToken(_) => &p::INVALID_LOGOUT_TOKEN,
             Error::RememberedDevicesDisabled => &p::REMEMBERED_DEVICES_DISABLED,
             Error::DeviceNotFound => &p::DEVICE_NOT_FOUND,
@@ -343,6 +363,11 @@ mod tests {
             Error::TotpNotEnabled,
             Error::TotpAlreadyEnabled,
             Error::FactorLocked,
+            Error::NoPendingCeremony,
+            Error::InvalidCredential("x".into()),
+            Error::WebAuthnCredentialNotFound,
+            Error::WebAuthnCredentialExists,
+            Error::WebAuthnNotEnabled,
             Error::InvalidLogoutToken("x"),
             Error::RememberedDevicesDisabled,
             Error::DeviceNotFound,

@@ -88,6 +88,9 @@ pub struct Metrics {
     pub otp_sent: IntCounterVec,
     pub verifications: IntCounterVec,
     pub lockouts: IntCounter,
+    /// `twofa_webauthn_failures_total{ceremony, reason}`: refused WebAuthn
+    /// responses by why (`factor::webauthn::Refusal`).
+    pub webauthn_failures: IntCounterVec,
     pub jwks_refresh: IntCounterVec,
     pub backchannel_logouts: IntCounterVec,
     pub http_requests: IntCounterVec,
@@ -135,6 +138,13 @@ impl Metrics {
                 "Second-factor verifications by method and result",
             ),
             &["method", "result"],
+        )?;
+        let webauthn_failures = IntCounterVec::new(
+            Opts::new(
+                "twofa_webauthn_failures_total",
+                "Refused WebAuthn registrations and assertions, by ceremony and reason",
+            ),
+            &["ceremony", "reason"],
         )?;
         let lockouts = IntCounter::new(
             "twofa_lockouts_total",
@@ -218,6 +228,7 @@ impl Metrics {
         registry.register(Box::new(otp_sent.clone()))?;
         registry.register(Box::new(verifications.clone()))?;
         registry.register(Box::new(lockouts.clone()))?;
+        registry.register(Box::new(webauthn_failures.clone()))?;
         registry.register(Box::new(jwks_refresh.clone()))?;
         registry.register(Box::new(backchannel_logouts.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
@@ -236,6 +247,7 @@ impl Metrics {
             otp_sent,
             verifications,
             lockouts,
+            webauthn_failures,
             jwks_refresh,
             backchannel_logouts,
             http_requests,

@@ -458,6 +458,7 @@
       list.append(li);
     }
     $('acc-no-factor').hidden = p.methods.length > 0;
+    $('act-passkey').hidden = !cfg.webauthn || !window.PublicKeyCredential;
     $('act-enroll').hidden = !!p.totp_enabled;
     $('act-remove-totp').hidden = !p.totp_enabled;
     $('act-regen').hidden = p.methods.length === 0;
@@ -480,6 +481,8 @@
   function openVerify(why, methods, cancellable) {
     const m = methods || (profile ? profile.methods : []);
     $('verify-why').textContent = why;
+    // Passkeys first: the one factor a phishing page cannot relay.
+    $('v-webauthn').hidden = m.indexOf('webauthn') === -1 || !window.PublicKeyCredential;
     $('v-totp').hidden = m.indexOf('totp') === -1;
     $('v-email').hidden = m.indexOf('email') === -1;
     $('v-sms').hidden = m.indexOf('sms') === -1;
@@ -511,6 +514,103 @@
     if (goBack()) return;
     await loadProfile();
     focus('account-h');
+  }
+
+  // --- passkeys (WebAuthn) ---------------------------------------------------------
+
+  function fromB64url(s) {
+    const bin = atob(s.replace(/-/g, '+').replace(/_/g, '/'));
+    const out = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out.buffer;
+  }
+
+  function bytesOf(buf) {
+    return b64url(new Uint8Array(buf));
+  }
+
+  // The server's options (binary members base64url) as the browser takes them.
+  function creationOptions(o) {
+    const pk = Object.assign({}, o.publicKey);
+    pk.challenge = fromB64url(pk.challenge);
+    pk.user = Object.assign({}, pk.user, { id: fromB64url(pk.user.id) });
+    pk.excludeCredentials = (pk.excludeCredentials || []).map((c) => Object.assign({}, c, { id: fromB64url(c.id) }));
+    return { publicKey: pk };
+  }
+
+  function requestOptions(o) {
+    const pk = Object.assign({}, o.publicKey);
+    pk.challenge = fromB64url(pk.challenge);
+    pk.allowCredentials = (pk.allowCredentials || []).map((c) => Object.assign({}, c, { id: fromB64url(c.id) }));
+    return { publicKey: pk };
+  }
+
+  function createdJson(c) {
+    return {
+      id: c.id,
+      rawId: bytesOf(c.rawId),
+      type: c.type,
+      response: {
+        attestationObject: bytesOf(c.response.attestationObject),
+        clientDataJSON: bytesOf(c.response.clientDataJSON),
+      },
+      extensions: c.getClientExtensionResults(),
+    };
+  }
+
+  function assertedJson(c) {
+    return {
+      id: c.id,
+      rawId: bytesOf(c.rawId),
+      type: c.type,
+      response: {
+        authenticatorData: bytesOf(c.response.authenticatorData),
+        clientDataJSON: bytesOf(c.response.clientDataJSON),
+        signature: bytesOf(c.response.signature),
+        userHandle: c.response.userHandle ? bytesOf(c.response.userHandle) : null,
+      },
+      extensions: c.getClientExtensionResults(),
+    };
+  }
+
+  // Exposed for the browser tests, which run the ceremonies against options
+  // of their own making.
+  window.twofaWebauthn = { creationOptions, requestOptions, createdJson, assertedJson };
+
+  async function verifyPasskey() {
+    const btn = $('v-webauthn-go');
+    const start = await api('POST', 'user/webauthn/authenticate/start');
+    if (!start.ok) return showProblem(start, [btn]);
+    let cred;
+    try {
+      cred = await navigator.credentials.get(requestOptions(start.body));
+    } catch (e) {
+      cred = null;
+    }
+    if (!cred) return showError(t("passkey_failed"));
+    const res = await api('POST', 'user/webauthn/authenticate/finish', { credential: assertedJson(cred) });
+    if (res.ok) return passed();
+    return showProblem(res, [btn]);
+  }
+
+  async function registerPasskey(start) {
+    let cred;
+    try {
+      cred = await navigator.credentials.create(creationOptions(start.body));
+    } catch (e) {
+      cred = null;
+    }
+    if (!cred) return showError(t("passkey_failed"));
+    const res = await api('POST', 'user/webauthn/register/finish', { credential: createdJson(cred) });
+    if (!res.ok) return showProblem(res, [$('act-passkey')]);
+    await loadProfile();
+    showStatus(t("passkey_added"));
+    focus('account-h');
+    return undefined;
+  }
+
+  function addPasskey() {
+    return guarded(() => api('POST', 'user/webauthn/register/start'), registerPasskey, [$('act-passkey')]);
   }
 
   function submitButton(form) {
@@ -752,6 +852,8 @@
     on('signin-oidc', 'click', startSignIn);
     on('dev-form', 'submit', devSignIn);
     on('sign-out', 'click', signOut);
+    on('v-webauthn-go', 'click', verifyPasskey);
+    on('act-passkey', 'click', addPasskey);
     on('v-totp', 'submit', verifyTotp);
     on('v-recovery', 'submit', verifyRecovery);
     on('v-email-send', 'click', () => sendCode('email'));

@@ -10,7 +10,7 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::{
     AuditConfig, CacheConfig, Config, EmailConfig, KeycloakConfig, LogConfig, PolicyConfig,
-    SecurityConfig, ServerConfig, SmsConfig, StorageConfig, TotpConfig, UiConfig,
+    SecurityConfig, ServerConfig, SmsConfig, StorageConfig, TotpConfig, UiConfig, WebAuthnConfig,
 };
 
 /// The environment variable that names the configuration file; not a key.
@@ -35,6 +35,7 @@ pub fn section_fields(section: &str) -> Option<&'static [&'static str]> {
         "log" => fields_of::<LogConfig>(),
         "ui" => fields_of::<UiConfig>(),
         "audit" => fields_of::<AuditConfig>(),
+        "webauthn" => fields_of::<WebAuthnConfig>(),
         _ => return None,
     })
 }

@@ -82,6 +82,7 @@ pub fn load(
     }
     apply_env(&mut tree, &defaults, env)?;
     resolve_secret_files(&mut tree)?;
+    let methods_given = tree.pointer("/security/methods").is_some();
     let mut cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
         let path = e.path().to_string();
         ConfigError::new(
@@ -92,6 +93,14 @@ pub fn load(
     cfg.dev = dev;
     if dev {
         apply_dev(&mut cfg);
+    }
+    // Passkeys are offered by default once a relying party is configured;
+    // an explicit `security.methods` is taken as written.
+    if !methods_given
+        && cfg.webauthn.rp_id.is_some()
+        && !cfg.security.methods.iter().any(|m| m == "webauthn")
+    {
+        cfg.security.methods.push("webauthn".into());
     }
     validate(&cfg)?;
     Ok(cfg)
@@ -380,7 +389,7 @@ fn validate_redis(st: &super::StorageConfig) -> Result<(), ConfigError> {
 pub const ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
-pub const METHODS: &[&str] = &["totp", "email", "sms", "recovery"];
+pub const METHODS: &[&str] = &["totp", "email", "sms", "recovery", "webauthn"];
 /// 16 Mi entries is some 10 GiB of verified tokens: beyond that a value is a
 /// typo, not a deployment.
 const MAX_CACHE_CAPACITY: usize = 1 << 24;
@@ -616,6 +625,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    validate_webauthn(c)?;
     range("security.otp_length", s.otp_length, 4, 10)?;
     range("security.max_attempts", s.max_attempts, 1, 100)?;
     range(
@@ -850,6 +860,62 @@ pub fn check_delivery(c: &Config) -> Result<(), ConfigError> {
                 format!(
                     "is \"log\" (the default) while `{method}` is in security.methods: outside dev mode codes would be written to the log and never sent; choose {choices}, or remove `{method}` from security.methods"
                 ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The relying party must be one browsers accept for the origins: each
+/// origin's host is `rp_id` or lies under it (webauthn-rs checks the same
+/// when it is built, with a less helpful message).
+fn validate_webauthn(c: &Config) -> Result<(), ConfigError> {
+    let w = &c.webauthn;
+    if !["preferred", "required", "discouraged"].contains(&w.user_verification.as_str()) {
+        return Err(ConfigError::new(
+            "webauthn.user_verification",
+            "must be preferred, required or discouraged",
+        ));
+    }
+    let Some(id) = w.rp_id.as_deref() else {
+        if c.security.methods.iter().any(|m| m == "webauthn") {
+            return Err(ConfigError::new(
+                "security.methods",
+                "`webauthn` needs webauthn.rp_id",
+            ));
+        }
+        if !w.rp_origins.is_empty() {
+            return Err(ConfigError::new(
+                "webauthn.rp_origins",
+                "needs webauthn.rp_id",
+            ));
+        }
+        return Ok(());
+    };
+    if id.is_empty() || id.contains(['/', ':', ' ']) || id.starts_with('.') || id.ends_with('.') {
+        return Err(ConfigError::new(
+            "webauthn.rp_id",
+            "a domain name such as example.com (no scheme, port or path)",
+        ));
+    }
+    for o in w.origins() {
+        let u = url::Url::parse(&o)
+            .map_err(|_| ConfigError::new("webauthn.rp_origins", format!("`{o}` is not a URL")))?;
+        let host = u.host_str().unwrap_or_default();
+        let within = host == id || host.ends_with(&format!(".{id}"));
+        if !within {
+            return Err(ConfigError::new(
+                "webauthn.rp_origins",
+                format!("`{o}` is not on webauthn.rp_id `{id}` or a subdomain of it"),
+            ));
+        }
+        // Browsers treat `localhost` and its subdomains as secure contexts.
+        let local = host == "localhost" || host.ends_with(".localhost");
+        let secure = u.scheme() == "https" || (u.scheme() == "http" && local);
+        if !secure || u.path() != "/" || u.query().is_some() {
+            return Err(ConfigError::new(
+                "webauthn.rp_origins",
+                format!("`{o}` must be an origin: https://host[:port] (http only for localhost)"),
             ));
         }
     }
@@ -1363,6 +1429,82 @@ mod tests {
         ));
         let c = load(None, env, false).unwrap();
         assert_eq!(c.email.default_locale, "de_DE");
+    }
+
+    #[test]
+    fn webauthn_joins_the_default_methods_once_a_relying_party_is_set() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut env = base_env();
+            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            load(None, env, false)
+        };
+        let c = with(&[]).unwrap();
+        assert!(!c.security.methods.iter().any(|m| m == "webauthn"));
+        let rp = ("TWOFA_WEBAUTHN__RP_ID", "example.com");
+        let c = with(&[rp]).unwrap();
+        assert_eq!(
+            c.security.methods,
+            ["totp", "email", "sms", "recovery", "webauthn"]
+        );
+        assert_eq!(c.webauthn.origins(), ["https://example.com"]);
+        assert_eq!(c.webauthn.user_verification, "preferred");
+        // An explicit list is taken as written.
+        let c = with(&[rp, ("TWOFA_SECURITY__METHODS", "totp,recovery")]).unwrap();
+        assert_eq!(c.security.methods, ["totp", "recovery"]);
+        let c = with(&[
+            rp,
+            (
+                "TWOFA_WEBAUTHN__RP_ORIGINS",
+                "https://app.example.com,https://example.com:8443",
+            ),
+            ("TWOFA_WEBAUTHN__USER_VERIFICATION", "required"),
+        ])
+        .unwrap();
+        assert_eq!(c.webauthn.origins().len(), 2);
+        let c = with(&[
+            ("TWOFA_WEBAUTHN__RP_ID", "localhost"),
+            (
+                "TWOFA_WEBAUTHN__RP_ORIGINS",
+                "http://localhost:8090,http://app.localhost:8090",
+            ),
+        ])
+        .unwrap();
+        assert!(c.security.methods.iter().any(|m| m == "webauthn"));
+        for (extra, key) in [
+            (
+                vec![("TWOFA_SECURITY__METHODS", "totp,webauthn")],
+                "security.methods",
+            ),
+            (
+                vec![("TWOFA_WEBAUTHN__RP_ORIGINS", "https://example.com")],
+                "webauthn.rp_origins",
+            ),
+            (
+                vec![rp, ("TWOFA_WEBAUTHN__RP_ORIGINS", "https://example.org")],
+                "webauthn.rp_origins",
+            ),
+            (
+                vec![rp, ("TWOFA_WEBAUTHN__RP_ORIGINS", "http://app.example.com")],
+                "webauthn.rp_origins",
+            ),
+            (
+                vec![
+                    rp,
+                    ("TWOFA_WEBAUTHN__RP_ORIGINS", "https://example.com/login"),
+                ],
+                "webauthn.rp_origins",
+            ),
+            (
+                vec![("TWOFA_WEBAUTHN__RP_ID", "https://example.com")],
+                "webauthn.rp_id",
+            ),
+            (
+                vec![rp, ("TWOFA_WEBAUTHN__USER_VERIFICATION", "always")],
+                "webauthn.user_verification",
+            ),
+        ] {
+            assert_eq!(with(&extra).unwrap_err().key, key, "{extra:?}");
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub struct Config {
     pub log: LogConfig,
     pub ui: UiConfig,
     pub audit: AuditConfig,
+    pub webauthn: WebAuthnConfig,
     /// Set by `serve --dev`, never by a file or the environment.
     #[serde(skip)]
     pub dev: bool,
@@ -467,6 +468,47 @@ impl Default for UiConfig {
         Self {
             enabled: true,
             client_id: None,
+        }
+    }
+}
+
+/// WebAuthn (passkeys) as a second factor (`factor::webauthn`,
+/// docs/webauthn.md). Off while `rp_id` is unset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebAuthnConfig {
+    /// The relying party id: the site's registrable domain (or a parent of
+    /// it), e.g. `example.com`; credentials are bound to it for good.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rp_id: Option<String>,
+    /// The origins whose pages run the ceremonies, e.g.
+    /// `https://app.example.com`; each must lie within `rp_id`. Empty:
+    /// `https://<rp_id>`.
+    pub rp_origins: Vec<String>,
+    /// Shown by the browser and the authenticator; default `totp.issuer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rp_name: Option<String>,
+    /// `preferred`, `required` or `discouraged`.
+    pub user_verification: String,
+}
+
+impl Default for WebAuthnConfig {
+    fn default() -> Self {
+        Self {
+            rp_id: None,
+            rp_origins: vec![],
+            rp_name: None,
+            user_verification: "preferred".into(),
+        }
+    }
+}
+
+impl WebAuthnConfig {
+    /// The configured origins, or `https://<rp_id>` when none are.
+    pub fn origins(&self) -> Vec<String> {
+        match (&self.rp_id, self.rp_origins.is_empty()) {
+            (Some(id), true) => vec![format!("https://{id}")],
+            _ => self.rp_origins.clone(),
         }
     }
 }

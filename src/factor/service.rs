@@ -104,6 +104,8 @@ pub struct Factors {
 pub struct Enrolled {
     pub totp: bool,
     pub recovery_codes: u32,
+    /// Registered WebAuthn credentials (`factor::webauthn`).
+    pub webauthn: u32,
 }
 
 /// What the profile document shows besides the stored profile.
@@ -715,7 +717,7 @@ impl Factors {
 
     // --- the rules -----------------------------------------------------------
 
-    fn method_enabled(&self, m: Factor) -> Result<(), Error> {
+    pub(super) fn method_enabled(&self, m: Factor) -> Result<(), Error> {
         if self.s.security.methods.iter().any(|x| x == m.as_str()) {
             Ok(())
         } else {
@@ -729,19 +731,27 @@ impl Factors {
     pub(super) async fn enrolled(&self, subject: &str) -> Result<Enrolled, Error> {
         let totp = self.profiles.get_totp(subject).await?.is_some();
         let recovery_codes = self.profiles.recovery_codes(subject).await?.len() as u32;
+        let webauthn = self.profiles.webauthn_credentials(subject).await?.len() as u32;
         Ok(Enrolled {
             totp,
             recovery_codes,
+            webauthn,
         })
     }
 
     /// The second factors this user can use now, among `security.methods`,
     /// in the contract's names: enabled TOTP, verified email, verified
-    /// mobile (`sms`), remaining recovery codes. From the stored profile
+    /// mobile (`sms`), remaining recovery codes, and registered WebAuthn
+    /// credentials (`webauthn`, listed first). From the stored profile
     /// and factors only.
     pub(super) fn methods(&self, p: &Profile, e: Enrolled) -> Vec<String> {
         let enabled = |m: &str| self.s.security.methods.iter().any(|x| x == m);
         let mut out = Vec::new();
+        // First: the phishing-resistant one, what a frontend should offer
+        // before the others.
+        if e.webauthn > 0 && enabled("webauthn") {
+            out.push("webauthn".to_string());
+        }
         if e.totp && enabled("totp") {
             out.push("totp".to_string());
         }
@@ -755,6 +765,18 @@ impl Factors {
             out.push("recovery".to_string());
         }
         out
+    }
+
+    /// Publishes the methods hint again after a factor was added or
+    /// removed elsewhere (`factor::webauthn`). Best effort, like the hint.
+    pub(super) async fn refresh_methods(&self, id: &Identity, p: &Profile) {
+        match self.enrolled(id.sub()).await {
+            Ok(e) => {
+                let methods = self.methods(p, e);
+                self.publish_methods(id, &methods).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "could not refresh the methods hint"),
+        }
     }
 
     /// Leaves the user's available methods where a Check's 403 can list
@@ -784,7 +806,11 @@ impl Factors {
     /// or a stolen access token, cannot bind a new factor or redirect a
     /// contact. A remembered device never counts as recent: it proves the
     /// device, not that the user just passed a factor.
-    async fn require_recent_factor(&self, id: &Identity, p: &Profile) -> Result<(), Error> {
+    pub(super) async fn require_recent_factor(
+        &self,
+        id: &Identity,
+        p: &Profile,
+    ) -> Result<(), Error> {
         let e = self.enrolled(id.sub()).await?;
         let methods = self.methods(p, e);
         self.publish_methods(id, &methods).await;
@@ -849,7 +875,7 @@ impl Factors {
 
     /// 423 as above, or 429 while locked out, without taking an attempt
     /// (sending a code).
-    async fn refuse_while_locked(&self, id: &Identity) -> Result<(), Error> {
+    pub(super) async fn refuse_while_locked(&self, id: &Identity) -> Result<(), Error> {
         self.refuse_if_factor_locked(id).await?;
         if let Some(left) = self.eph.ttl(&keys::lockout(&id.subject_key())).await? {
             return Err(Error::TooManyAttempts {
@@ -988,7 +1014,7 @@ impl Factors {
     /// `invalid` (wrong, budget left), `locked_out` (wrong, and it spent the
     /// budget), `factor_locked` (wrong at the consecutive cap), `refused`
     /// (not compared: locked out or at the cap), `no_pending`.
-    fn record(&self, method: Factor, result: &str) {
+    pub(super) fn record(&self, method: Factor, result: &str) {
         self.metrics
             .verifications
             .with_label_values(&[method.as_str(), result])

@@ -360,6 +360,7 @@ mod tests {
             include_str!("user/totp.rs"),
             include_str!("user/recovery.rs"),
             include_str!("user/devices.rs"),
+            include_str!("user/webauthn.rs"),
             include_str!("dev.rs"),
             include_str!("health.rs"),
             include_str!("logout.rs"),

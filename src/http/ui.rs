@@ -165,6 +165,8 @@ async fn index(
         "rd": rd,
         "rd_rejected": q.rd_given && rd.is_none(),
         "resend_interval": cfg.security.otp_resend_interval.as_secs(),
+        "webauthn": cfg.webauthn.rp_id.is_some()
+            && cfg.security.methods.iter().any(|m| m == "webauthn"),
         "product_name": product.name,
         "support_url": product.support_url.as_deref().filter(|u| is_http_url(u)),
     });

@@ -23,6 +23,7 @@
 //! | resend timer | `rs:{S}:<channel>` | `factor::otp` | `1` | `security.otp_resend_interval` |
 //! | notice timer | `ntc:{S}:<channel>:<kind>` | `factor::service` | `1` | `security.otp_resend_interval` |
 //! | pending TOTP secret | `totp_pending:{S}` | `factor::totp` | JSON `{k: key id, c: sealed secret, exp}` | `security.pending_totp_ttl` |
+//! | WebAuthn ceremony | `wa:{S}:<kind>:<session>` | `factor::webauthn` | JSON: webauthn-rs's serialised ceremony state, the credential name | 5 minutes (`factor::webauthn::CEREMONY_TTL`) |
 //! | methods hint | `methods:{S}` | `factor::service` (written), `authz` (read by a Check's 403) | JSON list of method names | 30 days |
 //! | seen logout token | `jti:<J>` | `http::logout` | `1` | the logout token's lifetime, 60 s to 24 h |
 //!
@@ -111,6 +112,12 @@ pub fn pending_totp(user: &str) -> String {
     format!("totp_pending:{}", tag(user))
 }
 
+/// A WebAuthn ceremony in progress (`kind`: `reg` or `auth`), bound to the
+/// session that started it: a challenge is answered in that session only.
+pub fn webauthn_ceremony(user: &str, kind: &str, session: &str) -> String {
+    format!("wa:{}:{kind}:{session}", tag(user))
+}
+
 /// The methods a Check's 403 lists for this user.
 pub fn methods_hint(user: &str) -> String {
     format!("methods:{}", tag(user))
@@ -147,6 +154,7 @@ mod tests {
         assert_eq!(hash_tag(&session(s, "ff00")), s);
         assert_eq!(hash_tag(&subject_sessions(s)), s);
         assert_eq!(hash_tag(&code(s, "login", "email")), s);
+        assert_eq!(hash_tag(&webauthn_ceremony(s, "auth", "ff00")), s);
         assert_eq!(hash_tag(&notice(s, "sms", "totp_removed")), s);
         // Families stay apart.
         let all = [

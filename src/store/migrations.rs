@@ -21,6 +21,9 @@
 //!   repeat (AUTOINCREMENT / identity), so an id read before a regeneration
 //!   can never spend a code issued after it;
 //! - `factor_failure`: wrong codes in a row, for the hard lockout cap;
+//! - `webauthn_credential` (version 2): registered passkeys, keyed by their
+//!   credential id (unique across users), with the signature counter and
+//!   backup flags that each authentication is checked against;
 //! - `remembered_device` (version 3): a remembered device's token as its
 //!   SHA-256 only, and the hash of the token it replaced (one generation
 //!   back, to recognise a stolen copy). Both hashes are unique, so a lookup
@@ -36,8 +39,6 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-// Version 2 is the WebAuthn migration of another branch; this list skips it
-// until the two meet (`plan` accepts a gap in the known list).
 pub const SQLITE: &[Migration] = &[
     Migration {
         version: 1,
@@ -77,6 +78,24 @@ CREATE TABLE factor_failure (
     sub   TEXT PRIMARY KEY NOT NULL,
     count INTEGER NOT NULL
 );
+"#,
+    },
+    Migration {
+        version: 2,
+        name: "webauthn credentials",
+        sql: r#"
+CREATE TABLE webauthn_credential (
+    id              TEXT PRIMARY KEY NOT NULL,
+    sub             TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    passkey         TEXT NOT NULL,
+    sign_count      INTEGER NOT NULL,
+    backup_eligible INTEGER NOT NULL,
+    backup_state    INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    last_used_at    INTEGER
+);
+CREATE INDEX webauthn_credential_sub ON webauthn_credential (sub);
 "#,
     },
     Migration {
@@ -137,6 +156,24 @@ CREATE TABLE factor_failure (
     sub   TEXT PRIMARY KEY,
     count INTEGER NOT NULL
 );
+"#,
+    },
+    Migration {
+        version: 2,
+        name: "webauthn credentials",
+        sql: r#"
+CREATE TABLE webauthn_credential (
+    id              TEXT PRIMARY KEY,
+    sub             TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    passkey         TEXT NOT NULL,
+    sign_count      BIGINT NOT NULL,
+    backup_eligible BOOLEAN NOT NULL,
+    backup_state    BOOLEAN NOT NULL,
+    created_at      BIGINT NOT NULL,
+    last_used_at    BIGINT
+);
+CREATE INDEX webauthn_credential_sub ON webauthn_credential (sub);
 "#,
     },
     Migration {
@@ -303,19 +340,29 @@ mod tests {
             "973fb96e47146b0a4f97051ffb5dfa3d10face930daba988992d2180bc304637",
             "PostgreSQL migration 1 was edited"
         );
-        let v3 = |l: &'static [Migration]| {
+        let of = |l: &'static [Migration], v: i64| {
             l.iter()
-                .find(|m| m.version == 3)
+                .find(|m| m.version == v)
                 .map(Migration::checksum)
                 .unwrap_or_default()
         };
         assert_eq!(
-            v3(SQLITE),
+            of(SQLITE, 2),
+            "0764046dac2542863bf2083a5aceb6d9a56528314c55322c8c4e5be616ae9f34",
+            "SQLite migration 2 was edited"
+        );
+        assert_eq!(
+            of(POSTGRES, 2),
+            "fe3e2901a34f6c60f8f21f9f918d9786349b727d2b8a778df93ab2886241caf4",
+            "PostgreSQL migration 2 was edited"
+        );
+        assert_eq!(
+            of(SQLITE, 3),
             "f4d73f83cddd36f63292d25b54e781bb6aca64c8a7d7c95173eaad3ac50e201d",
             "SQLite migration 3 was edited"
         );
         assert_eq!(
-            v3(POSTGRES),
+            of(POSTGRES, 3),
             "72f9f657829e1a12bdd96eca76482cbc67d27ba5c3f186d5c3433d975c8d15e9",
             "PostgreSQL migration 3 was edited"
         );

@@ -4,8 +4,8 @@
 //!   codes, pending TOTP secrets, attempt counters, lockouts, resend timers,
 //!   seen logout-token `jti`s (Redis or memory);
 //! - [`ProfileStore`]: what must survive restarts: profiles, enrolled factors,
-//!   recovery codes, the last accepted TOTP step, the consecutive-failure
-//!   count (PostgreSQL or SQLite);
+//!   recovery codes, WebAuthn credentials, the last accepted TOTP step, the
+//!   consecutive-failure count (PostgreSQL or SQLite);
 //! - [`DeviceStore`]: remembered devices, by the hash of their token
 //!   (PostgreSQL or SQLite, as part of every [`ProfileStore`]; memory for
 //!   tests).
@@ -41,6 +41,9 @@ pub enum Factor {
     Email,
     Sms,
     Recovery,
+    /// A WebAuthn credential (passkey), `factor::webauthn`.
+    #[serde(rename = "webauthn")]
+    WebAuthn,
     /// A remembered device (`POST /user/verify-device`): proves the device,
     /// not a fresh factor, so it never satisfies a step-up `max_age` or
     /// `security.sensitive_max_age`.
@@ -55,6 +58,7 @@ impl Factor {
             Factor::Email => 2,
             Factor::Sms => 3,
             Factor::Recovery => 4,
+            Factor::WebAuthn => 5,
             // 5 is WebAuthn's.
             Factor::Device => 6,
         }
@@ -66,6 +70,7 @@ impl Factor {
             2 => Factor::Email,
             3 => Factor::Sms,
             4 => Factor::Recovery,
+            5 => Factor::WebAuthn,
             6 => Factor::Device,
             _ => return None,
         })
@@ -77,6 +82,7 @@ impl Factor {
             Factor::Email => "email",
             Factor::Sms => "sms",
             Factor::Recovery => "recovery",
+            Factor::WebAuthn => "webauthn",
             Factor::Device => "device",
         }
     }
@@ -424,6 +430,26 @@ pub struct ResetReport {
     pub recovery_codes: u32,
     pub failures_cleared: bool,
     pub remembered_devices: u32,
+    pub webauthn_credentials: u32,
+}
+
+/// A registered WebAuthn credential (table `webauthn_credential`). Public
+/// key material only: nothing here is a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebAuthnCredential {
+    /// The credential id, base64url without padding; unique across users.
+    pub id: String,
+    pub subject: String,
+    /// The user's label for it.
+    pub name: String,
+    /// webauthn-rs's `Passkey`, serialised as JSON: the public key, the
+    /// signature counter and the backup flags it checks against.
+    pub passkey: String,
+    pub sign_count: i64,
+    pub backup_eligible: bool,
+    pub backup_state: bool,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
 }
 
 /// A remembered device (`remembered_device`): the token the device keeps is
@@ -539,8 +565,29 @@ pub trait ProfileStore: DeviceStore + Send + Sync {
     async fn failures(&self, subject: &str) -> Result<u32, StoreError>;
     async fn clear_failures(&self, subject: &str) -> Result<(), StoreError>;
 
-    /// Administrator reset: removes TOTP, recovery codes, remembered
-    /// devices and the failure count (the profile and contacts stay).
+    /// The subject's WebAuthn credentials, oldest first.
+    async fn webauthn_credentials(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<WebAuthnCredential>, StoreError>;
+    /// Adds one; false (and no change) when its id is registered already
+    /// (to this user or another one).
+    async fn insert_webauthn_credential(&self, c: &WebAuthnCredential) -> Result<bool, StoreError>;
+    /// After an authentication: replaces the stored passkey, counter, flags
+    /// and `last_used_at` only if the stored passkey is still `old_passkey`
+    /// (compare-and-set: of two assertions racing with one counter value,
+    /// one wins). False when it was not.
+    async fn update_webauthn_credential(
+        &self,
+        c: &WebAuthnCredential,
+        old_passkey: &str,
+    ) -> Result<bool, StoreError>;
+    async fn delete_webauthn_credential(&self, subject: &str, id: &str)
+        -> Result<bool, StoreError>;
+
+    /// Administrator reset: removes TOTP, recovery codes, WebAuthn
+    /// credentials, remembered devices and the failure count (the profile
+    /// and contacts stay).
     async fn reset_user(&self, subject: &str) -> Result<ResetReport, StoreError>;
 }
 
@@ -555,6 +602,7 @@ mod tests {
             Factor::Email,
             Factor::Sms,
             Factor::Recovery,
+            Factor::WebAuthn,
             Factor::Device,
         ] {
             for at in [0, 1_700_000_000, -1, i64::MAX] {

@@ -28,7 +28,7 @@ use super::migrations::{self, Applied, POSTGRES};
 use super::pg_tls::{error_chain, is_tls_failure, MakeRustlsConnect, PgTarget};
 use super::{
     DeviceMatch, DeviceRecord, DeviceStore, Profile, ProfileStore, ResetReport, StoreError,
-    TotpRecord,
+    TotpRecord, WebAuthnCredential,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -356,6 +356,23 @@ fn totp_row(r: &Row, from: usize) -> Result<TotpRecord, tokio_postgres::Error> {
         ciphertext: r.try_get(from)?,
         key_id: r.try_get(from + 1)?,
         enabled_at: r.try_get(from + 2)?,
+    })
+}
+
+const WEBAUTHN_COLUMNS: &str = "id, sub, name, passkey, sign_count, backup_eligible, \
+     backup_state, created_at, last_used_at";
+
+fn webauthn_row(r: &Row) -> Result<WebAuthnCredential, tokio_postgres::Error> {
+    Ok(WebAuthnCredential {
+        id: r.try_get(0)?,
+        subject: r.try_get(1)?,
+        name: r.try_get(2)?,
+        passkey: r.try_get(3)?,
+        sign_count: r.try_get(4)?,
+        backup_eligible: r.try_get(5)?,
+        backup_state: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+        last_used_at: r.try_get(8)?,
     })
 }
 
@@ -708,13 +725,120 @@ impl ProfileStore for PostgresProfileStore {
                 let devices = tx
                     .execute("DELETE FROM remembered_device WHERE sub = $1", &[&s])
                     .await?;
+                let passkeys = tx
+                    .execute("DELETE FROM webauthn_credential WHERE sub = $1", &[&s])
+                    .await?;
                 tx.commit().await?;
                 Ok(ResetReport {
                     totp,
                     recovery_codes: count_u32(codes),
                     failures_cleared: failures,
                     remembered_devices: count_u32(devices),
+                    webauthn_credentials: count_u32(passkeys),
                 })
+            })
+        })
+        .await
+    }
+
+    async fn webauthn_credentials(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<WebAuthnCredential>, StoreError> {
+        let s = subject.to_string();
+        self.with(move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        &format!(
+                            "SELECT {WEBAUTHN_COLUMNS} FROM webauthn_credential WHERE sub = $1 \
+                             ORDER BY created_at, id"
+                        ),
+                        &[&s],
+                    )
+                    .await?;
+                rows.iter().map(webauthn_row).collect()
+            })
+        })
+        .await
+    }
+
+    async fn insert_webauthn_credential(&self, w: &WebAuthnCredential) -> Result<bool, StoreError> {
+        let w = w.clone();
+        self.with(move |c| {
+            Box::pin(async move {
+                let n = c
+                    .execute(
+                        &format!(
+                            "INSERT INTO webauthn_credential ({WEBAUTHN_COLUMNS}) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                             ON CONFLICT (id) DO NOTHING"
+                        ),
+                        &[
+                            &w.id,
+                            &w.subject,
+                            &w.name,
+                            &w.passkey,
+                            &w.sign_count,
+                            &w.backup_eligible,
+                            &w.backup_state,
+                            &w.created_at,
+                            &w.last_used_at,
+                        ],
+                    )
+                    .await?;
+                Ok(n == 1)
+            })
+        })
+        .await
+    }
+
+    async fn update_webauthn_credential(
+        &self,
+        w: &WebAuthnCredential,
+        old_passkey: &str,
+    ) -> Result<bool, StoreError> {
+        let (w, old) = (w.clone(), old_passkey.to_string());
+        self.with(move |c| {
+            Box::pin(async move {
+                let n = c
+                    .execute(
+                        "UPDATE webauthn_credential SET passkey = $3, sign_count = $4, \
+                         backup_eligible = $5, backup_state = $6, last_used_at = $7 \
+                         WHERE id = $1 AND sub = $2 AND passkey = $8",
+                        &[
+                            &w.id,
+                            &w.subject,
+                            &w.passkey,
+                            &w.sign_count,
+                            &w.backup_eligible,
+                            &w.backup_state,
+                            &w.last_used_at,
+                            &old,
+                        ],
+                    )
+                    .await?;
+                Ok(n == 1)
+            })
+        })
+        .await
+    }
+
+    async fn delete_webauthn_credential(
+        &self,
+        subject: &str,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        let (s, id) = (subject.to_string(), id.to_string());
+        self.with(move |c| {
+            Box::pin(async move {
+                let n = c
+                    .execute(
+                        "DELETE FROM webauthn_credential WHERE sub = $1 AND id = $2",
+                        &[&s, &id],
+                    )
+                    .await?;
+                Ok(n == 1)
             })
         })
         .await

@@ -21,7 +21,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use super::migrations::{self, Applied, Migration, SQLITE};
 use super::{
     DeviceMatch, DeviceRecord, DeviceStore, Profile, ProfileStore, ResetReport, StoreError,
-    TotpRecord,
+    TotpRecord, WebAuthnCredential,
 };
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -282,6 +282,23 @@ fn profile_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Profile> {
         pending_mobile: r.get(9)?,
         created_at: r.get(10)?,
         updated_at: r.get(11)?,
+    })
+}
+
+const WEBAUTHN_COLUMNS: &str = "id, sub, name, passkey, sign_count, backup_eligible, \
+     backup_state, created_at, last_used_at";
+
+fn webauthn_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WebAuthnCredential> {
+    Ok(WebAuthnCredential {
+        id: r.get(0)?,
+        subject: r.get(1)?,
+        name: r.get(2)?,
+        passkey: r.get(3)?,
+        sign_count: r.get(4)?,
+        backup_eligible: r.get(5)?,
+        backup_state: r.get(6)?,
+        created_at: r.get(7)?,
+        last_used_at: r.get(8)?,
     })
 }
 
@@ -553,13 +570,99 @@ impl ProfileStore for SqliteProfileStore {
             )? > 0;
             tx.execute("DELETE FROM factor_failure WHERE sub = ?1", params![s])?;
             let devices = tx.execute("DELETE FROM remembered_device WHERE sub = ?1", params![s])?;
+            let passkeys =
+                tx.execute("DELETE FROM webauthn_credential WHERE sub = ?1", params![s])?;
             tx.commit()?;
             Ok(ResetReport {
                 totp,
                 recovery_codes: u32::try_from(codes).unwrap_or(u32::MAX),
                 failures_cleared: failures,
                 remembered_devices: u32::try_from(devices).unwrap_or(u32::MAX),
+                webauthn_credentials: u32::try_from(passkeys).unwrap_or(u32::MAX),
             })
+        })
+        .await
+    }
+
+    async fn webauthn_credentials(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<WebAuthnCredential>, StoreError> {
+        let s = subject.to_string();
+        self.with(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {WEBAUTHN_COLUMNS} FROM webauthn_credential WHERE sub = ?1 \
+                 ORDER BY created_at, id"
+            ))?;
+            let rows = st.query_map(params![s], webauthn_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn insert_webauthn_credential(&self, w: &WebAuthnCredential) -> Result<bool, StoreError> {
+        let w = w.clone();
+        self.with(move |c| {
+            let n = c.execute(
+                &format!(
+                    "INSERT INTO webauthn_credential ({WEBAUTHN_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING"
+                ),
+                params![
+                    w.id,
+                    w.subject,
+                    w.name,
+                    w.passkey,
+                    w.sign_count,
+                    w.backup_eligible,
+                    w.backup_state,
+                    w.created_at,
+                    w.last_used_at
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn update_webauthn_credential(
+        &self,
+        w: &WebAuthnCredential,
+        old_passkey: &str,
+    ) -> Result<bool, StoreError> {
+        let (w, old) = (w.clone(), old_passkey.to_string());
+        self.with(move |c| {
+            let n = c.execute(
+                "UPDATE webauthn_credential SET passkey = ?3, sign_count = ?4, \
+                 backup_eligible = ?5, backup_state = ?6, last_used_at = ?7 \
+                 WHERE id = ?1 AND sub = ?2 AND passkey = ?8",
+                params![
+                    w.id,
+                    w.subject,
+                    w.passkey,
+                    w.sign_count,
+                    w.backup_eligible,
+                    w.backup_state,
+                    w.last_used_at,
+                    old
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_webauthn_credential(
+        &self,
+        subject: &str,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        let (s, id) = (subject.to_string(), id.to_string());
+        self.with(move |c| {
+            Ok(c.execute(
+                "DELETE FROM webauthn_credential WHERE sub = ?1 AND id = ?2",
+                params![s, id],
+            )? == 1)
         })
         .await
     }

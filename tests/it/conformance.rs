@@ -10,6 +10,7 @@ use std::time::Duration;
 use twofa_authz::store::{
     Attempt, AttemptLimits, DeviceMatch, DeviceRecord, DeviceStore, EphemeralStore, Factor,
     Profile, ProfileStore, ResetReport, SessionIds, SessionStore, TotpRecord, Verified,
+    WebAuthnCredential,
 };
 
 /// `advance(secs)` must move the store's notion of time forward: a manual
@@ -656,6 +657,71 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
         Some(1)
     );
 
+    // WebAuthn credentials: ids are unique across users; the update after
+    // an authentication is a compare-and-set on the stored passkey.
+    let cred = |id: &str, sub: &str, passkey: &str, created_at: i64| WebAuthnCredential {
+        id: format!("{ns}-{id}"),
+        subject: sub.to_string(),
+        name: format!("key {id}"),
+        passkey: passkey.to_string(),
+        sign_count: 1,
+        backup_eligible: true,
+        backup_state: false,
+        created_at,
+        last_used_at: None,
+    };
+    let k1 = cred("k1", &alice, r#"{"v":1}"#, 10);
+    assert!(store.insert_webauthn_credential(&k1).await.expect("insert"));
+    assert!(store
+        .insert_webauthn_credential(&cred("k2", &alice, "{}", 20))
+        .await
+        .expect("insert"));
+    assert!(
+        !store
+            .insert_webauthn_credential(&cred("k1", &bob, "{}", 30))
+            .await
+            .expect("insert"),
+        "a credential id is registered once, whoever asks"
+    );
+    let listed = store.webauthn_credentials(&alice).await.expect("list");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0], k1);
+    assert!(store
+        .webauthn_credentials(&bob)
+        .await
+        .expect("list")
+        .is_empty());
+    let used = WebAuthnCredential {
+        passkey: r#"{"v":2}"#.into(),
+        sign_count: 2,
+        backup_state: true,
+        last_used_at: Some(40),
+        ..k1.clone()
+    };
+    assert!(store
+        .update_webauthn_credential(&used, &k1.passkey)
+        .await
+        .expect("update"));
+    assert!(
+        !store
+            .update_webauthn_credential(&used, &k1.passkey)
+            .await
+            .expect("update"),
+        "a second update from the same stored state loses"
+    );
+    assert_eq!(
+        store.webauthn_credentials(&alice).await.expect("list")[0],
+        used
+    );
+    assert!(!store
+        .delete_webauthn_credential(&bob, &k1.id)
+        .await
+        .expect("delete"));
+    assert!(store
+        .delete_webauthn_credential(&alice, &format!("{ns}-k2"))
+        .await
+        .expect("delete"));
+
     // Administrator reset: factors and failures go, profile and replay
     // protection stay, other users untouched.
     let report = store.reset_user(&alice).await.expect("reset");
@@ -666,8 +732,14 @@ pub async fn profile_store(store: Arc<dyn ProfileStore>, ns: &str) {
             recovery_codes: 3,
             failures_cleared: true,
             remembered_devices: 0,
+            webauthn_credentials: 1,
         }
     );
+    assert!(store
+        .webauthn_credentials(&alice)
+        .await
+        .expect("list")
+        .is_empty());
     assert_eq!(store.get_totp(&alice).await.expect("get"), None);
     assert!(store
         .recovery_codes(&alice)

@@ -65,3 +65,4 @@ mod user_login;
 mod user_resilience;
 mod user_sensitive;
 mod user_totp;
+mod webauthn;

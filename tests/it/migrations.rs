@@ -62,6 +62,11 @@ where
     let auto = config(url, true);
     let manual = config(url, false);
     expect_migrate(&auto, 0, &["schema version 3"]);
+    // Migration 2 (WebAuthn credentials) is recorded with its checksum too.
+    let second = exec("SELECT checksum FROM schema_migrations WHERE version = 2")
+        .await
+        .expect("a checksum for migration 2");
+    assert_eq!(second.len(), 64, "checksum {second:?}");
     let recorded = exec("SELECT checksum FROM schema_migrations WHERE version = 1")
         .await
         .expect("a checksum for migration 1");

@@ -34,21 +34,26 @@ const MOBILE: &str = "+14155550123";
 const UI_CLIENT: &str = "twofa-ui";
 
 /// `twofa-authz serve --dev --config FILE` in a temp working directory.
-struct Dev {
+pub struct Dev {
     child: ChildGuard,
     _dir: TempDir,
-    addr: String,
+    pub addr: String,
 }
 
 impl Dev {
     async fn start(config: &str, env: &[(&str, &str)]) -> Dev {
+        Dev::start_on(&format!("127.0.0.1:{}", free_port()), config, env).await
+    }
+
+    /// [`Dev::start`] with the HTTP listener on `addr`.
+    pub async fn start_on(addr: &str, config: &str, env: &[(&str, &str)]) -> Dev {
         let dir = tempfile::Builder::new()
             .prefix("twofa-ui-dev-")
             .tempdir()
             .unwrap();
         let path = dir.path().join("dev.toml");
         std::fs::write(&path, config).unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = addr.to_string();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_twofa-authz"));
         cmd.args(["serve", "--dev", "--config"])
             .arg(&path)
@@ -91,7 +96,7 @@ impl Dev {
         format!("http://{}{path}", self.addr)
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         self.child.log()
     }
 }
@@ -318,7 +323,7 @@ async fn ui_disabled_is_404() {
 }
 
 /// Dev mode "sign in as".
-async fn dev_sign_in(b: &Browser, username: &str) {
+pub async fn dev_sign_in(b: &Browser, username: &str) {
     b.fill("#dev-username", username).await;
     b.click("#dev-form button[type=submit]").await;
     b.text_contains("#who", username).await;

@@ -1,21 +1,22 @@
 //! The `/user` API of INTERFACE.md section 5: profiles and contacts
 //! (`profile`), codes by email and SMS (`otp`), TOTP (`totp`), recovery
-//! codes (`recovery`) and remembered devices (`devices`). Every route needs
-//! a valid bearer token ([`Auth`]); the profile belongs to the token's
-//! `sub`. Handlers parse, call the factor service (`factor::Factors`),
-//! render.
+//! codes (`recovery`), remembered devices (`devices`) and WebAuthn passkeys
+//! (`webauthn`). Every route needs a valid bearer token ([`Auth`]); the
+//! profile belongs to the token's `sub`. Handlers parse, call the factor
+//! service (`factor::Factors`), render.
 
 mod devices;
 mod otp;
 mod profile;
 mod recovery;
 mod totp;
+mod webauthn;
 
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
+use axum::routing::{delete, get, post};
 use axum::Json;
 use axum::Router;
 use http::request::Parts;
@@ -45,6 +46,12 @@ pub use crate::factor::contact::{normalize_email, normalize_mobile};
     devices::list,
     devices::forget,
     devices::verify,
+    webauthn::register_start,
+    webauthn::register_finish,
+    webauthn::authenticate_start,
+    webauthn::authenticate_finish,
+    webauthn::list,
+    webauthn::remove,
 ))]
 pub struct UserApi;
 
@@ -69,6 +76,24 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/user/remembered-devices/{id}", delete(devices::forget))
         .route("/user/verify-device", post(devices::verify))
+        .route(
+            "/user/webauthn/register/start",
+            post(webauthn::register_start),
+        )
+        .route(
+            "/user/webauthn/register/finish",
+            post(webauthn::register_finish),
+        )
+        .route(
+            "/user/webauthn/authenticate/start",
+            post(webauthn::authenticate_start),
+        )
+        .route(
+            "/user/webauthn/authenticate/finish",
+            post(webauthn::authenticate_finish),
+        )
+        .route("/user/webauthn/credentials", get(webauthn::list))
+        .route("/user/webauthn/credentials/{id}", delete(webauthn::remove))
 }
 
 /// The validated access token of the request. Rejections are those of the

@@ -25,6 +25,32 @@ use super::process::{accepts_connections, tool_path, wait_until, ChildGuard};
 /// How long a step may take to show its result in the page.
 pub const STEP: Duration = Duration::from_secs(20);
 
+/// A WebDriver command by path under the session (`Browser::driver_command`).
+#[derive(Debug)]
+struct RawCommand {
+    method: http::Method,
+    path: String,
+    body: Option<String>,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for RawCommand {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/{}",
+            session_id.unwrap_or_default(),
+            self.path
+        ))
+    }
+
+    fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
+        (self.method.clone(), self.body.clone())
+    }
+}
+
 pub struct Browser {
     pub client: Client,
     driver: Option<ChildGuard>,
@@ -137,6 +163,53 @@ impl Browser {
             shots,
             step: AtomicUsize::new(0),
         }
+    }
+
+    /// A WebDriver command on this session that fantoccini has no call for
+    /// (W3C WebDriver extensions); the answer's `value`.
+    pub async fn driver_command(&self, method: &str, path: &str, body: Value) -> Value {
+        let cmd = RawCommand {
+            method: http::Method::from_bytes(method.as_bytes()).expect("an HTTP method"),
+            path: path.trim_start_matches('/').to_string(),
+            body: (!body.is_null()).then(|| body.to_string()),
+        };
+        self.client
+            .issue_cmd(cmd)
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
+    }
+
+    /// Adds a virtual authenticator to the session (WebAuthn Level 2,
+    /// "Automation"): CTAP2, built in, discoverable credentials, user
+    /// verification that always succeeds. Returns its id.
+    pub async fn add_virtual_authenticator(&self) -> String {
+        let v = self
+            .driver_command(
+                "POST",
+                "/webauthn/authenticator",
+                json!({
+                    "protocol": "ctap2",
+                    "transport": "internal",
+                    "hasResidentKey": true,
+                    "hasUserVerification": true,
+                    "isUserConsenting": true,
+                    "isUserVerified": true,
+                }),
+            )
+            .await;
+        v.as_str().expect("authenticator id").to_string()
+    }
+
+    /// The credentials a virtual authenticator holds (id, rpId, signCount).
+    pub async fn virtual_credentials(&self, authenticator: &str) -> Vec<Value> {
+        let v = self
+            .driver_command(
+                "GET",
+                &format!("/webauthn/authenticator/{authenticator}/credentials"),
+                Value::Null,
+            )
+            .await;
+        v.as_array().cloned().unwrap_or_default()
     }
 
     pub fn downloads(&self) -> &Path {
