@@ -198,6 +198,7 @@ async fn serve(cfg: Config) -> i32 {
     if cfg.dev {
         warn_dev(&http_addr);
     }
+    let shutdown = shutdown_signal();
     let grpc = match tokio::net::TcpListener::bind(grpc_addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -243,7 +244,7 @@ async fn serve(cfg: Config) -> i32 {
             "twofa-authz listening"
         ),
     }
-    match crate::app::run(state, grpc, http, metrics, shutdown_signal()).await {
+    match crate::app::run(state, grpc, http, metrics, shutdown).await {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %e, "stopped with an error");
@@ -266,23 +267,34 @@ fn warn_dev(http: &SocketAddr) {
     tracing::warn!("{banner}");
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// SIGINT or SIGTERM. The handlers are installed by this call, not when the
+/// future is first polled: `serve` calls it before it binds a listener, so
+/// a signal sent as soon as `/readyz` answers finds them in place instead of
+/// killing the process with the default action (no graceful shutdown).
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = wait(int) => {}
+            _ = wait(term) => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    }
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
