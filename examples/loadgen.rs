@@ -96,6 +96,17 @@ struct Args {
     /// and serve until SIGTERM or SIGINT.
     #[arg(long, value_name = "FILE")]
     serve_stack: Option<PathBuf>,
+    /// Count instructions instead of time: each side (twofa-authz, and the
+    /// floor with --floor) runs under `valgrind --tool=callgrind`, twice, in
+    /// fresh processes, with every token warmed and then exactly N and 2N
+    /// Checks; the difference over N is its instructions per Check. Unlike
+    /// checks/s it does not move with what else the machine runs.
+    #[arg(long, value_name = "N")]
+    callgrind: Option<usize>,
+    /// With --callgrind: where the callgrind output files go (to read with
+    /// callgrind_annotate); default a temporary directory.
+    #[arg(long, value_name = "DIR")]
+    callgrind_dir: Option<PathBuf>,
     /// Internal: be the do-nothing Check server on this address.
     #[arg(long, hide = true, value_name = "ADDR")]
     serve_floor: Option<SocketAddr>,
@@ -382,6 +393,25 @@ struct Twofa {
 }
 
 async fn start_twofa(args: &Args, fx: &Fixture, name: &str) -> Twofa {
+    start_twofa_in(args, fx, name, None).await
+}
+
+/// The command, run under callgrind when `profile` names an output file.
+fn command(bin: &Path, profile: Option<&Path>) -> Command {
+    match profile {
+        Some(out) => {
+            let mut c = Command::new("valgrind");
+            c.arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg("--quiet")
+                .arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
+async fn start_twofa_in(args: &Args, fx: &Fixture, name: &str, profile: Option<&Path>) -> Twofa {
     let (grpc_port, http_port) = (free_port(), free_port());
     let cfg = fx.dir.path().join(format!("{name}.toml"));
     let cache = args
@@ -405,7 +435,7 @@ async fn start_twofa(args: &Args, fx: &Fixture, name: &str) -> Twofa {
         ),
     )
     .expect("write config");
-    let child = Command::new(&args.server_bin)
+    let child = command(&args.server_bin, profile)
         .args(["serve", "--config"])
         .arg(&cfg)
         .stderr(Stdio::inherit())
@@ -420,7 +450,9 @@ async fn start_twofa(args: &Args, fx: &Fixture, name: &str) -> Twofa {
     };
     let http = reqwest::Client::new();
     let ready = format!("http://{}/readyz", server.http);
-    for _ in 0..200 {
+    // Under valgrind everything is some 50 times slower.
+    let tries = if profile.is_some() { 4000 } else { 200 };
+    for _ in 0..tries {
         if http
             .get(&ready)
             .send()
@@ -431,14 +463,18 @@ async fn start_twofa(args: &Args, fx: &Fixture, name: &str) -> Twofa {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("twofa-authz was not ready within 10 s");
+    panic!("twofa-authz was not ready in time");
 }
 
 /// The floor in its own process: this binary with `--serve-floor`.
 async fn start_floor() -> (SocketAddr, u32, Guard) {
+    start_floor_in(None).await
+}
+
+async fn start_floor_in(profile: Option<&Path>) -> (SocketAddr, u32, Guard) {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let exe = std::env::current_exe().expect("own executable");
-    let child = Command::new(exe)
+    let child = command(&exe, profile)
         .arg("--serve-floor")
         .arg(addr.to_string())
         .stderr(Stdio::inherit())
@@ -446,13 +482,14 @@ async fn start_floor() -> (SocketAddr, u32, Guard) {
         .expect("start the floor server");
     let pid = child.id();
     let guard = Guard(child);
-    for _ in 0..200 {
+    let tries = if profile.is_some() { 8000 } else { 200 };
+    for _ in 0..tries {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return (addr, pid, guard);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("the floor server did not listen within 5 s");
+    panic!("the floor server did not listen in time");
 }
 
 async fn channels(addr: SocketAddr, n: usize) -> Vec<tonic::transport::Channel> {
@@ -753,6 +790,9 @@ async fn bench(args: Args) {
     if let Some(file) = args.serve_stack.clone() {
         return serve_stack(&args, &file).await;
     }
+    if let Some(n) = args.callgrind {
+        return callgrind(&args, n.max(1)).await;
+    }
     let counts: Vec<usize> = if args.scale {
         vec![1_000, 10_000, 100_000]
     } else {
@@ -801,6 +841,116 @@ async fn bench(args: Args) {
                 ))
             );
         }
+    }
+}
+
+// --- instructions per Check (--callgrind) -----------------------------------
+
+/// Sends exactly `count` Checks, `--concurrency` at a time; returns how many
+/// were not allowed.
+async fn run_count(
+    channels: &[tonic::transport::Channel],
+    tokens: &Arc<Vec<String>>,
+    args: &Args,
+    count: usize,
+) -> u64 {
+    let workers = args.concurrency.max(1);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let mut client = AuthorizationClient::new(channels[w % channels.len()].clone());
+        let (tokens, path) = (tokens.clone(), args.path.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut bad = 0u64;
+            for i in (w..count).step_by(workers) {
+                let req = check_request(&tokens[i % tokens.len()], &path, i);
+                if !allowed(&client.check(req).await) {
+                    bad += 1;
+                }
+            }
+            bad
+        }));
+    }
+    let mut bad = 0;
+    for t in tasks {
+        bad += t.await.unwrap_or(u64::MAX / 2);
+    }
+    bad
+}
+
+/// SIGTERM, so that valgrind writes its output as the process exits, and
+/// wait for the exit.
+fn stop(mut guard: Guard, pid: u32) {
+    // SAFETY: kill(2) with a pid this process started and still owns.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = guard.0.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("process {pid} did not exit on SIGTERM; killed");
+    drop(guard);
+}
+
+/// The total instruction count (`summary:` or `totals:`) of a callgrind file.
+fn instructions(out: &Path) -> u64 {
+    let text = std::fs::read_to_string(out)
+        .unwrap_or_else(|e| panic!("read {}: {e}", out.display()));
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no instruction total in {}", out.display()))
+}
+
+async fn callgrind(args: &Args, n: usize) {
+    let fx = Fixture::start(args, args.tokens.max(1)).await;
+    let dir = args
+        .callgrind_dir
+        .clone()
+        .unwrap_or_else(|| fx.dir.path().to_path_buf());
+    std::fs::create_dir_all(&dir).expect("callgrind dir");
+    let tokens = fx.tokens.clone();
+    let mut per_check = Vec::new();
+    let sides: &[&str] = if args.floor { &["twofa-authz", "floor"] } else { &["twofa-authz"] };
+    for &side in sides {
+        let mut totals = Vec::new();
+        for count in [n, 2 * n] {
+            let out = dir.join(format!("callgrind.{side}.{count}.out"));
+            let (addr, pid, guard) = if side == "floor" {
+                start_floor_in(Some(&out)).await
+            } else {
+                let t = start_twofa_in(args, &fx, &format!("cg-{count}"), Some(&out)).await;
+                (t.grpc, t.pid, t._child)
+            };
+            {
+                let chans = channels(addr, args.connections).await;
+                let bad = warm_every_token(&chans, &tokens, args).await;
+                assert_eq!(bad, 0, "{side}: {bad} tokens not allowed while warming up");
+                let bad = run_count(&chans, &tokens, args, count).await;
+                assert_eq!(bad, 0, "{side}: {bad} of {count} Checks not allowed");
+            }
+            stop(guard, pid);
+            let ir = instructions(&out);
+            println!("{side:<11} {count:>7} Checks after warm-up: {ir} instructions in all ({})", out.display());
+            totals.push(ir);
+        }
+        let each = totals[1].saturating_sub(totals[0]) as f64 / n as f64;
+        println!("{side:<11} {each:>10.0} instructions per Check");
+        per_check.push(each);
+    }
+    if let [twofa, floor] = per_check[..] {
+        println!(
+            "ratio instructions per Check twofa-authz/floor: {:.2} (+{:.0} per Check)",
+            twofa / floor.max(1.0),
+            twofa - floor
+        );
     }
 }
 
