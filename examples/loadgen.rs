@@ -897,8 +897,8 @@ fn stop(mut guard: Guard, pid: u32) {
 
 /// The total instruction count (`summary:` or `totals:`) of a callgrind file.
 fn instructions(out: &Path) -> u64 {
-    let text = std::fs::read_to_string(out)
-        .unwrap_or_else(|e| panic!("read {}: {e}", out.display()));
+    let text =
+        std::fs::read_to_string(out).unwrap_or_else(|e| panic!("read {}: {e}", out.display()));
     text.lines()
         .find_map(|l| {
             l.strip_prefix("summary:")
@@ -918,7 +918,11 @@ async fn callgrind(args: &Args, n: usize) {
     std::fs::create_dir_all(&dir).expect("callgrind dir");
     let tokens = fx.tokens.clone();
     let mut per_check = Vec::new();
-    let sides: &[&str] = if args.floor { &["twofa-authz", "floor"] } else { &["twofa-authz"] };
+    let sides: &[&str] = if args.floor {
+        &["twofa-authz", "floor"]
+    } else {
+        &["twofa-authz"]
+    };
     for &side in sides {
         let mut totals = Vec::new();
         for count in [n, 2 * n] {
@@ -938,7 +942,10 @@ async fn callgrind(args: &Args, n: usize) {
             }
             stop(guard, pid);
             let ir = instructions(&out);
-            println!("{side:<11} {count:>7} Checks after warm-up: {ir} instructions in all ({})", out.display());
+            println!(
+                "{side:<11} {count:>7} Checks after warm-up: {ir} instructions in all ({})",
+                out.display()
+            );
             totals.push(ir);
         }
         let each = totals[1].saturating_sub(totals[0]) as f64 / n as f64;
