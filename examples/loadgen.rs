@@ -78,6 +78,9 @@ struct Args {
     /// `cache.token_capacity` of the server (default: the server's default).
     #[arg(long)]
     token_capacity: Option<usize>,
+    /// `cache.session_capacity` of the server (default: the server's default).
+    #[arg(long)]
+    session_capacity: Option<usize>,
     /// The server binary.
     #[arg(long, default_value = "target/release/twofa-authz")]
     server_bin: PathBuf,
@@ -414,10 +417,16 @@ fn command(bin: &Path, profile: Option<&Path>) -> Command {
 async fn start_twofa_in(args: &Args, fx: &Fixture, name: &str, profile: Option<&Path>) -> Twofa {
     let (grpc_port, http_port) = (free_port(), free_port());
     let cfg = fx.dir.path().join(format!("{name}.toml"));
-    let cache = args
-        .token_capacity
-        .map(|n| format!("[cache]\ntoken_capacity = {n}\n"))
-        .unwrap_or_default();
+    let mut cache = String::new();
+    if let Some(n) = args.token_capacity {
+        cache.push_str(&format!("token_capacity = {n}\n"));
+    }
+    if let Some(n) = args.session_capacity {
+        cache.push_str(&format!("session_capacity = {n}\n"));
+    }
+    if !cache.is_empty() {
+        cache.insert_str(0, "[cache]\n");
+    }
     std::fs::write(
         &cfg,
         format!(
