@@ -39,6 +39,10 @@ COPY --from=builder /out/twofa-authz /usr/local/bin/twofa-authz
 # 65532 is distroless's "nonroot" user. It is given by number so that Kubernetes'
 # runAsNonRoot can verify it without a runAsUser (the manifests set 65532 too).
 USER 65532:65532
+# At most two glibc malloc arenas: the default (eight per core) keeps memory
+# freed in one thread's arena away from the others, some 3 MiB of slack with
+# both caches full (BENCHMARKS.md, "Flat cost").
+ENV MALLOC_ARENA_MAX=2
 # 9191: Envoy ext_authz gRPC; 8090: HTTP (/user API, forward auth /authz/..., probes, /metrics).
 # Both bind 127.0.0.1 by default: the configuration (server.grpc_addr,
 # server.http_addr) or TWOFA_SERVER__* variables must open what other containers
