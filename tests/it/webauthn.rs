@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::support::app::toml_strings;
 use crate::support::browser::Browser;
-use crate::support::burst::metric;
+use crate::support::burst::{self, metric, statuses, Req};
 use crate::support::http::{self, Response};
 use crate::support::keycloak::{uuid, Token};
 use crate::support::ports::free_port;
@@ -786,4 +786,43 @@ async fn required_user_verification_is_asked_for_and_met() {
         },
     )
     .await;
+}
+
+/// One assertion posted 16 times at once on one HTTP/2 connection, written
+/// before any answer is read: the ceremony is taken once (get, then
+/// delete-if-equal) and the stored counter moves by compare-and-set, so
+/// exactly one verifies; the others find no ceremony.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_assertion_posted_many_times_at_once_verifies_once() {
+    let rp = Rp::start("webauthn_burst", free_port(), None).await;
+    let alice = rp.user("wa-burst").await;
+    rp.enrolled(&alice).await;
+    let start = rp
+        .call(
+            "POST",
+            "/user/webauthn/authenticate/start",
+            &alice,
+            Value::Null,
+        )
+        .await;
+    expect(&start, 200, None, "start");
+    let assertion = rp.browser_op("get", &start.json(), None).await;
+    let body = json!({ "credential": assertion });
+    let reqs: Vec<Req> = (0..16)
+        .map(|_| {
+            Req::new("POST", "/user/webauthn/authenticate/finish")
+                .bearer(&alice.jwt)
+                .json(&body)
+        })
+        .collect();
+    let answers = burst::h2(rp.addr(), &reqs).await;
+    let by_status = statuses(&answers);
+    assert_eq!(
+        answers.iter().filter(|r| r.status == 200).count(),
+        1,
+        "{by_status:?}"
+    );
+    for r in answers.iter().filter(|r| r.status != 200) {
+        expect(r, 404, Some("no_pending_ceremony"), "a parallel copy");
+    }
 }
