@@ -212,6 +212,18 @@ printf '  %s\n' "${SUMMARY[@]}"
 if grep -q '^test .* FAILED$' "$TEST_LOG"; then
     echo "  failed tests:"
     grep '^test .* FAILED$' "$TEST_LOG" | sed 's/^test /    /; s/ \.\.\. FAILED$//' | sort -u
+    # CI shows only the end of this output: repeat the start of each failure
+    # here (its panic message and the service log that `explain` attached),
+    # a few failures at most.
+    echo "  why (the start of each failure's output):"
+    grep '^test .* FAILED$' "$TEST_LOG" | sed 's/^test //; s/ \.\.\. FAILED$//' | sort -u | head -n 4 |
+        while read -r name; do
+            awk -v h="---- $name stdout ----" '
+                $0 == h { on = 1; n = 0 }
+                on && /^---- .* stdout ----$/ && $0 != h { exit }
+                on && n < 60 && !/^ *[0-9]+: |^ +at / { print "    | " $0; n++ }
+            ' "$TEST_LOG"
+        done
 fi
 echo
 echo "tests: $passed passed, $failed failed, $ignored skipped"

@@ -20,6 +20,7 @@
 //! supported here: invalidations of a key come from the node that owns its
 //! slot, which would take one tracking connection per primary.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +81,9 @@ pub struct Tracking {
     prefix: String,
     /// The open channel, for [`Tracking::sync`].
     conn: Mutex<Option<MultiplexedConnection>>,
+    /// Counts the connections opened, so that the close of an old one,
+    /// reported late, cannot take a newer one's channel down.
+    epoch: Arc<AtomicU64>,
 }
 
 impl Tracking {
@@ -88,6 +92,7 @@ impl Tracking {
             target,
             prefix,
             conn: Mutex::new(None),
+            epoch: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -155,14 +160,26 @@ impl Tracking {
         let info = info.set_redis_settings(redis);
         let client = redis::Client::open(info).map_err(|e| format!("redis: {e}"))?;
         let lost = Arc::new(Notify::new());
+        let mine = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let pushes = {
             let sink = sink.clone();
             let lost = lost.clone();
+            let epoch = self.epoch.clone();
             move |push: PushInfo| -> Result<(), std::convert::Infallible> {
                 match push.kind {
                     PushKind::Invalidate => invalidations(sink.as_ref(), &push.data),
-                    // `notify_one` keeps the wakeup if nobody waits yet.
-                    PushKind::Disconnection => lost.notify_one(),
+                    PushKind::Disconnection => {
+                        // Down here, on redis-rs's reader task, as soon as
+                        // the close is read: waiting for `run` to wake up
+                        // would leave the cache answering for as long as the
+                        // scheduler takes (`run` reports it again, which
+                        // costs nothing).
+                        if epoch.load(Ordering::SeqCst) == mine {
+                            sink.channel_down();
+                        }
+                        // `notify_one` keeps the wakeup if nobody waits yet.
+                        lost.notify_one();
+                    }
                     _ => {}
                 }
                 Ok(())
