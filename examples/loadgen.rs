@@ -65,6 +65,15 @@ struct Args {
     /// Measured runs per side; medians are reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Offer this many Checks per second in all, evenly paced over the
+    /// `--concurrency` workers, instead of a closed loop (each worker sends
+    /// its next call as soon as the last is answered). On two cores shared
+    /// with the load generator, a closed loop runs each server at its own
+    /// saturation, where its tail latency is mostly the scheduler's time
+    /// slices; at a rate both sides sustain, the latencies compare the two
+    /// servers under the same load.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Distinct users/sessions/tokens, each checked once before measuring.
     #[arg(long, default_value_t = 1000)]
     tokens: usize,
@@ -594,6 +603,13 @@ async fn run(
     let deadline = start + dur;
     let mut tasks = Vec::new();
     let workers = args.concurrency.max(1);
+    // With --rate, worker w sends its k-th call at start + (k + w/workers)
+    // intervals (or at once when behind); latency is still measured from
+    // the send.
+    let interval = args
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(workers as f64 / r));
     for w in 0..workers {
         let mut client = AuthorizationClient::new(channels[w % channels.len()].clone());
         let (tokens, path) = (tokens.clone(), args.path.clone());
@@ -603,7 +619,12 @@ async fn run(
             // Workers start spread over the token list, so that concurrent
             // calls are of different sessions, and each walks all of it.
             let mut i = w * tokens.len() / workers;
+            let mut next = interval.map(|iv| start + iv.mul_f64(w as f64 / workers as f64));
             while Instant::now() < deadline {
+                if let (Some(at), Some(iv)) = (next, interval) {
+                    tokio::time::sleep_until(at.into()).await;
+                    next = Some(at + iv);
+                }
                 let req = check_request(&tokens[i % tokens.len()], &path, i);
                 i += 1;
                 let t = Instant::now();
@@ -737,7 +758,7 @@ async fn measure(
         });
     }
     println!(
-        "--- {} tokens, path {}, store {}, concurrency {}, connections {}, {} runs of {} s per side{}",
+        "--- {} tokens, path {}, store {}, concurrency {}, connections {}, {} runs of {} s per side{}{}",
         tokens.len(),
         args.path,
         args.store,
@@ -745,6 +766,9 @@ async fn measure(
         args.connections,
         args.runs,
         args.duration,
+        args.rate
+            .map(|r| format!(", offered {r:.0} checks/s"))
+            .unwrap_or_default(),
         args.token_capacity
             .map(|n| format!(", cache.token_capacity {n}"))
             .unwrap_or_default()
