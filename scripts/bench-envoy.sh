@@ -221,6 +221,9 @@ measure() { # side seconds
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 hwm_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
+# CPU clock ticks (user + system, 100 per second) a process has used: fields
+# 14 and 15 of /proc/PID/stat, counted after the parenthesised command name.
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }' || echo 0; }
 
 echo "wrk -t$WRK_THREADS -c$CONNECTIONS, ${DURATION}s runs x $RUNS per side, Envoy --concurrency $ENVOY_CONCURRENCY," \
     "store $STORE, path $BENCH_PATH"
@@ -228,20 +231,26 @@ for side in "${SIDES[@]}"; do measure "$side" 2 >/dev/null; done # warm-up
 declare -A RESULTS
 for i in $(seq "$RUNS"); do
     for side in "${SIDES[@]}"; do
+        t0=$(cpu_ticks "${SERVER_PID[$side]}")
         r=$(measure "$side" "$DURATION")
-        RESULTS[$side]+="$r"$'\n'
+        t1=$(cpu_ticks "${SERVER_PID[$side]}")
         read -r rps p50 p99 <<<"$r"
-        printf 'run %d %-11s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms\n' "$i" "$side" "$rps" "$p50" "$p99"
+        # The ext_authz server's CPU per proxied request, in microseconds.
+        cpu=$(awk -v t="$((t1 - t0))" -v r="$rps" -v d="$DURATION" 'BEGIN { printf "%.1f", (r > 0 ? t * 10000 / (r * d) : 0) }')
+        RESULTS[$side]+="$r $cpu"$'\n'
+        printf 'run %d %-11s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  ext_authz cpu %5.1f us/req\n' "$i" "$side" "$rps" "$p50" "$p99" "$cpu"
     done
 done
-declare -A MED_RPS MED_P50 MED_P99
+declare -A MED_RPS MED_P50 MED_P99 MED_CPU
 for side in "${SIDES[@]}"; do
     rows=${RESULTS[$side]}
     MED_RPS[$side]=$(awk 'NF { print $1 }' <<<"$rows" | median)
     MED_P50[$side]=$(awk 'NF { print $2 }' <<<"$rows" | median)
     MED_P99[$side]=$(awk 'NF { print $3 }' <<<"$rows" | median)
-    printf '%-11s median %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  ext_authz server peak RSS %s MiB\n' \
-        "$side" "${MED_RPS[$side]}" "${MED_P50[$side]}" "${MED_P99[$side]}" "$(hwm_mib "${SERVER_PID[$side]}")"
+    MED_CPU[$side]=$(awk 'NF { print $4 }' <<<"$rows" | median)
+    printf '%-11s median %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  ext_authz cpu %.1f us/req  ext_authz server peak RSS %s MiB\n' \
+        "$side" "${MED_RPS[$side]}" "${MED_P50[$side]}" "${MED_P99[$side]}" "${MED_CPU[$side]}" "$(hwm_mib "${SERVER_PID[$side]}")"
 done
 awk -v a="${MED_RPS[twofa-authz]}" -v b="${MED_RPS[floor]}" -v pa="${MED_P99[twofa-authz]}" -v pb="${MED_P99[floor]}" \
-    'BEGIN { printf "ratio twofa-authz/floor: %.2f (req/s)  p99 %+.3f ms\n", (b > 0 ? a / b : 0), pa - pb }'
+    -v ca="${MED_CPU[twofa-authz]}" -v cb="${MED_CPU[floor]}" \
+    'BEGIN { printf "ratio twofa-authz/floor: %.2f (req/s)  ext_authz cpu per request %.2fx  p99 %+.3f ms\n", (b > 0 ? a / b : 0), (cb > 0 ? ca / cb : 0), pa - pb }'
