@@ -168,7 +168,7 @@ EOF
 }
 
 SIDES=(twofa-authz floor)
-declare -A LISTEN ADMIN AUTHZ SERVER_PID
+declare -A LISTEN ADMIN AUTHZ SERVER_PID ENVOY_PID
 AUTHZ[twofa-authz]=$TWOFA_GRPC SERVER_PID[twofa-authz]=$TWOFA_PID
 AUTHZ[floor]=$FLOOR SERVER_PID[floor]=$FLOOR_PID
 for side in "${SIDES[@]}"; do
@@ -176,7 +176,7 @@ for side in "${SIDES[@]}"; do
     render_envoy "$TMP/envoy-$side.yaml" "${LISTEN[$side]}" "${ADMIN[$side]}" "${AUTHZ[$side]}"
     "$ENVOY" -c "$TMP/envoy-$side.yaml" --concurrency "$ENVOY_CONCURRENCY" \
         --disable-hot-restart --log-level error &
-    PIDS+=($!)
+    PIDS+=($!) ENVOY_PID[$side]=$!
 done
 for side in "${SIDES[@]}"; do
     ok=0
@@ -231,25 +231,29 @@ for side in "${SIDES[@]}"; do measure "$side" 2 >/dev/null; done # warm-up
 declare -A RESULTS
 for i in $(seq "$RUNS"); do
     for side in "${SIDES[@]}"; do
-        t0=$(cpu_ticks "${SERVER_PID[$side]}")
+        t0=$(cpu_ticks "${SERVER_PID[$side]}") e0=$(cpu_ticks "${ENVOY_PID[$side]}")
         r=$(measure "$side" "$DURATION")
-        t1=$(cpu_ticks "${SERVER_PID[$side]}")
+        t1=$(cpu_ticks "${SERVER_PID[$side]}") e1=$(cpu_ticks "${ENVOY_PID[$side]}")
         read -r rps p50 p99 <<<"$r"
-        # The ext_authz server's CPU per proxied request, in microseconds.
-        cpu=$(awk -v t="$((t1 - t0))" -v r="$rps" -v d="$DURATION" 'BEGIN { printf "%.1f", (r > 0 ? t * 10000 / (r * d) : 0) }')
-        RESULTS[$side]+="$r $cpu"$'\n'
-        printf 'run %d %-11s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  ext_authz cpu %5.1f us/req\n' "$i" "$side" "$rps" "$p50" "$p99" "$cpu"
+        # CPU per proxied request, in microseconds: the ext_authz server's,
+        # and Envoy's (which applies the identity headers a real answer sets).
+        per_req() { awk -v t="$1" -v r="$rps" -v d="$DURATION" 'BEGIN { printf "%.1f", (r > 0 ? t * 10000 / (r * d) : 0) }'; }
+        cpu=$(per_req $((t1 - t0))) ecpu=$(per_req $((e1 - e0)))
+        RESULTS[$side]+="$r $cpu $ecpu"$'\n'
+        printf 'run %d %-11s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  cpu us/req: ext_authz %5.1f, Envoy %5.1f\n' \
+            "$i" "$side" "$rps" "$p50" "$p99" "$cpu" "$ecpu"
     done
 done
-declare -A MED_RPS MED_P50 MED_P99 MED_CPU
+declare -A MED_RPS MED_P50 MED_P99 MED_CPU MED_ECPU
 for side in "${SIDES[@]}"; do
     rows=${RESULTS[$side]}
     MED_RPS[$side]=$(awk 'NF { print $1 }' <<<"$rows" | median)
     MED_P50[$side]=$(awk 'NF { print $2 }' <<<"$rows" | median)
     MED_P99[$side]=$(awk 'NF { print $3 }' <<<"$rows" | median)
     MED_CPU[$side]=$(awk 'NF { print $4 }' <<<"$rows" | median)
-    printf '%-11s median %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  ext_authz cpu %.1f us/req  ext_authz server peak RSS %s MiB\n' \
-        "$side" "${MED_RPS[$side]}" "${MED_P50[$side]}" "${MED_P99[$side]}" "${MED_CPU[$side]}" "$(hwm_mib "${SERVER_PID[$side]}")"
+    MED_ECPU[$side]=$(awk 'NF { print $5 }' <<<"$rows" | median)
+    printf '%-11s median %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  cpu us/req: ext_authz %.1f, Envoy %.1f  ext_authz server peak RSS %s MiB\n' \
+        "$side" "${MED_RPS[$side]}" "${MED_P50[$side]}" "${MED_P99[$side]}" "${MED_CPU[$side]}" "${MED_ECPU[$side]}" "$(hwm_mib "${SERVER_PID[$side]}")"
 done
 awk -v a="${MED_RPS[twofa-authz]}" -v b="${MED_RPS[floor]}" -v pa="${MED_P99[twofa-authz]}" -v pb="${MED_P99[floor]}" \
     -v ca="${MED_CPU[twofa-authz]}" -v cb="${MED_CPU[floor]}" \
