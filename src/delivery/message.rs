@@ -32,6 +32,9 @@ pub enum Notice {
     },
     TotpEnrolled,
     TotpRemoved,
+    /// A passkey (WebAuthn credential) was registered, or removed.
+    PasskeyAdded,
+    PasskeyRemoved,
     RecoveryCodesRegenerated,
     /// A remembered device was revoked because a token it had already
     /// replaced came back: a copy of it is in someone else's hands.
@@ -46,6 +49,8 @@ impl Notice {
             Notice::MobileChanged { .. } => "mobile_changed",
             Notice::TotpEnrolled => "totp_enrolled",
             Notice::TotpRemoved => "totp_removed",
+            Notice::PasskeyAdded => "passkey_added",
+            Notice::PasskeyRemoved => "passkey_removed",
             Notice::RecoveryCodesRegenerated => "recovery_codes_regenerated",
             Notice::DeviceRevoked => "device_revoked",
         }
@@ -137,6 +142,8 @@ pub(super) fn samples(l: &Locale) -> Vec<Sample> {
         },
         Notice::TotpEnrolled,
         Notice::TotpRemoved,
+        Notice::PasskeyAdded,
+        Notice::PasskeyRemoved,
         Notice::RecoveryCodesRegenerated,
         Notice::DeviceRevoked,
     ] {
@@ -190,6 +197,8 @@ impl Notice {
             Notice::MobileChanged { new } => vec![("new_mobile", Value::from(mask_mobile(new)))],
             Notice::TotpEnrolled
             | Notice::TotpRemoved
+            | Notice::PasskeyAdded
+            | Notice::PasskeyRemoved
             | Notice::RecoveryCodesRegenerated
             | Notice::DeviceRevoked => vec![],
         }

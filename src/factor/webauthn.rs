@@ -30,11 +30,12 @@ use webauthn_rs::prelude::{
     RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder, WebauthnError,
 };
 
-use super::service::{require_session, Compared};
+use super::service::{recipients, require_session, Compared};
 use super::Factors;
 use crate::audit::{Event, Kind};
 use crate::clock::SharedClock;
 use crate::config::WebAuthnConfig;
+use crate::delivery::Notice;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::store::{keys, EphemeralStore, Factor, ProfileStore, WebAuthnCredential};
@@ -437,6 +438,9 @@ impl Passkeys {
                 .field("method", "webauthn")
                 .field("backup_eligible", backup_eligible),
         );
+        self.factors
+            .notify(id, recipients(&p, id), Notice::PasskeyAdded)
+            .await;
         // The methods hint now includes `webauthn`.
         self.factors.refresh_methods(id, &p).await;
         Ok(CredentialInfo::from(&c))
@@ -580,6 +584,9 @@ impl Passkeys {
                 .identity(id)
                 .field("method", "webauthn"),
         );
+        self.factors
+            .notify(id, recipients(&p, id), Notice::PasskeyRemoved)
+            .await;
         self.factors.refresh_methods(id, &p).await;
         Ok(())
     }

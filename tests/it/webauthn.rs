@@ -25,7 +25,7 @@ use crate::support::burst::{self, metric, statuses, Req};
 use crate::support::http::{self, Response};
 use crate::support::keycloak::{uuid, Token};
 use crate::support::ports::free_port;
-use crate::support::Stack;
+use crate::support::{Delivery, Stack};
 
 /// One ceremony in the page: start, the browser's `create`/`get`, finish.
 /// Arguments: kind (`register` | `authenticate`), token, name.
@@ -79,6 +79,8 @@ struct Rp {
     stack: Stack,
     browser: Browser,
     authenticator: String,
+    /// Where the change notices go.
+    delivery: Delivery,
 }
 
 impl Rp {
@@ -88,7 +90,9 @@ impl Rp {
     async fn start(test: &str, port: u16, origins: Option<Vec<String>>) -> Rp {
         let origin = format!("http://localhost:{port}");
         let origins = origins.unwrap_or_else(|| vec![origin.clone()]);
+        let delivery = Delivery::start().await;
         let stack = Stack::start_with(None, |c| {
+            delivery.configure(c);
             c.set_str("server", "http_addr", &format!("127.0.0.1:{port}"))
                 .set_str("webauthn", "rp_id", "localhost")
                 // The stand-in's tokens carry a verified email: without
@@ -112,6 +116,7 @@ impl Rp {
             stack,
             browser,
             authenticator,
+            delivery,
         }
     }
 
@@ -249,6 +254,14 @@ async fn a_passkey_registers_authenticates_and_passes_the_check() {
         rp.stack.app.log()
     );
     assert_eq!(reg["finish"]["body"]["name"], "Laptop", "{reg}");
+    // The owner hears of it, at the verified address the profile took
+    // from the token.
+    let mail = rp.delivery.smtp.wait_for("wa-alice@example.com", 1).await;
+    assert!(
+        mail.subject.contains("A passkey was added"),
+        "{}",
+        mail.subject
+    );
     let cred_id = reg["finish"]["body"]["id"]
         .as_str()
         .expect("id")
@@ -374,6 +387,17 @@ async fn a_passkey_registers_authenticates_and_passes_the_check() {
     );
     let r = rp.call("DELETE", &path, &alice, Value::Null).await;
     expect(&r, 204, None, "remove from the verified session");
+    let mail = rp.delivery.smtp.wait_for("wa-alice@example.com", 2).await;
+    assert!(
+        mail.subject.contains("A passkey was removed"),
+        "{}",
+        mail.subject
+    );
+    // The refused removals above told nobody anything.
+    assert_eq!(
+        rp.delivery.smtp.messages_to("wa-alice@example.com").len(),
+        2
+    );
     let r = rp
         .call(
             "POST",
