@@ -158,6 +158,23 @@ impl Rp {
         v
     }
 
+    /// `POST /user/webauthn/authenticate/start` in `t`'s session, which
+    /// must answer 200 (`what` says which start failed).
+    async fn start_authentication(&self, t: &Token, what: &str) -> Value {
+        let r = self
+            .call("POST", "/user/webauthn/authenticate/start", t, Value::Null)
+            .await;
+        expect(&r, 200, None, what);
+        r.json()
+    }
+
+    /// A ceremony started in `t`'s session and the browser's assertion for
+    /// it, not yet posted.
+    async fn assertion(&self, t: &Token, what: &str) -> Value {
+        let options = self.start_authentication(t, what).await;
+        self.browser_op("get", &options, None).await
+    }
+
     async fn metrics(&self) -> String {
         http::get(self.addr(), "/metrics").send().await.text()
     }
@@ -461,15 +478,7 @@ async fn replayed_foreign_expired_and_cloned_assertions_are_refused_and_counted(
     assert_eq!(rp.failures("authenticate", "no_ceremony").await, 1.0);
     // The same replay while a new ceremony waits: the challenge differs,
     // and the refusal counts against the attempt budget.
-    let r = rp
-        .call(
-            "POST",
-            "/user/webauthn/authenticate/start",
-            &alice,
-            Value::Null,
-        )
-        .await;
-    expect(&r, 200, None, "start");
+    rp.start_authentication(&alice, "start").await;
     let r = rp
         .call(
             "POST",
@@ -489,16 +498,7 @@ async fn replayed_foreign_expired_and_cloned_assertions_are_refused_and_counted(
 
     // Another session's challenge: started in session A, answered in B.
     let b = rp.session("wa-refused");
-    let start_a = rp
-        .call(
-            "POST",
-            "/user/webauthn/authenticate/start",
-            &alice,
-            Value::Null,
-        )
-        .await;
-    expect(&start_a, 200, None, "start in A");
-    let assertion_a = rp.browser_op("get", &start_a.json(), None).await;
+    let assertion_a = rp.assertion(&alice, "start in A").await;
     let body_a = json!({ "credential": assertion_a });
     let r = rp
         .call(
@@ -514,10 +514,7 @@ async fn replayed_foreign_expired_and_cloned_assertions_are_refused_and_counted(
         Some("no_pending_ceremony"),
         "A's assertion in B, B started nothing",
     );
-    let r = rp
-        .call("POST", "/user/webauthn/authenticate/start", &b, Value::Null)
-        .await;
-    expect(&r, 200, None, "start in B");
+    rp.start_authentication(&b, "start in B").await;
     let r = rp
         .call(
             "POST",
@@ -550,16 +547,7 @@ async fn replayed_foreign_expired_and_cloned_assertions_are_refused_and_counted(
 
     // An expired ceremony: its stored deadline has passed (the key's TTL,
     // 5 minutes, is what the store enforces by itself).
-    let start = rp
-        .call(
-            "POST",
-            "/user/webauthn/authenticate/start",
-            &alice,
-            Value::Null,
-        )
-        .await;
-    expect(&start, 200, None, "start");
-    let assertion = rp.browser_op("get", &start.json(), None).await;
+    let assertion = rp.assertion(&alice, "start").await;
     let mut conn = rp.stack.redis.connection().await;
     let key = rp
         .stack
@@ -765,10 +753,7 @@ async fn refused_assertions_spend_the_budget_shared_with_codes() {
 
 /// A new ceremony answered with an old assertion: compared, and wrong.
 async fn wrong_assertion(rp: &Rp, t: &Token, old: &Value) -> Response {
-    let r = rp
-        .call("POST", "/user/webauthn/authenticate/start", t, Value::Null)
-        .await;
-    expect(&r, 200, None, "start");
+    rp.start_authentication(t, "start").await;
     rp.call("POST", "/user/webauthn/authenticate/finish", t, old.clone())
         .await
 }
@@ -821,16 +806,7 @@ async fn one_assertion_posted_many_times_at_once_verifies_once() {
     let rp = Rp::start("webauthn_burst", free_port(), None).await;
     let alice = rp.user("wa-burst").await;
     rp.enrolled(&alice).await;
-    let start = rp
-        .call(
-            "POST",
-            "/user/webauthn/authenticate/start",
-            &alice,
-            Value::Null,
-        )
-        .await;
-    expect(&start, 200, None, "start");
-    let assertion = rp.browser_op("get", &start.json(), None).await;
+    let assertion = rp.assertion(&alice, "start").await;
     let body = json!({ "credential": assertion });
     let reqs: Vec<Req> = (0..16)
         .map(|_| {
